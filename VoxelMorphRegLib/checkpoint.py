@@ -1,0 +1,77 @@
+"""Model checkpoints: one file with the weights and a plain-data config.
+
+Loading never unpickles code: ``torch.load(..., weights_only=True)`` only accepts tensors and
+plain containers, and the config is plain data (numbers, strings, lists, dicts).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import VoxelMorphRegError
+from .image.io import atomic_path
+from .tensor.registration_network import RegistrationNetwork
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "voxelmorphreg-checkpoint"
+
+
+@dataclass
+class ModelConfig:
+    encoder_features: list = field(default_factory=lambda: [16, 32, 32, 32, 32])
+    decoder_features: list = field(default_factory=lambda: [32, 32, 32])
+    svf_level: int = 1
+    integration_steps: int = 7
+    spacing: list = field(default_factory=lambda: [2.0, 2.0, 2.0])  # model grid, mm
+    orientation: str = "LIA"  # model grid axes, SimpleITK orientation code
+    intensity: dict = field(default_factory=lambda: {"method": "percentile", "low": 0.5, "high": 99.5})
+    training: dict = field(default_factory=dict)  # provenance: data, command, steps, hardware, metrics
+
+    def build(self) -> RegistrationNetwork:
+        return RegistrationNetwork(tuple(self.encoder_features), tuple(self.decoder_features), self.svf_level, self.integration_steps)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def save_checkpoint(path, model: torch.nn.Module, config: ModelConfig, extra: dict | None = None) -> Path:
+    """Write weights + config (and optional resumable state, plain tensors only) atomically."""
+    path = Path(path)
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": asdict(config), "state_dict": model.state_dict()}
+    if extra:
+        payload.update(extra)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as temporary:
+        Path(temporary).write_bytes(buffer.getvalue())
+    return path
+
+
+def load_checkpoint(path, device="cpu") -> tuple[RegistrationNetwork, ModelConfig, dict]:
+    """Return ``(network in eval mode, config, whole payload)``; one-line errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VoxelMorphRegError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, pickled code...
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise VoxelMorphRegError(f"{path}: not a readable VoxelMorphReg model ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise VoxelMorphRegError(f"{path}: not a VoxelMorphReg model file (no '{FORMAT_NAME}' header)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise VoxelMorphRegError(f"{path}: model format {payload.get('format_version')} is newer than this VoxelMorphReg reads ({FORMAT_VERSION}); update VoxelMorphReg")
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+        network = config.build()
+        network.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise VoxelMorphRegError(f"{path}: model weights do not match its configuration ({reason})") from None
+    return network.to(device).eval(), config, payload

@@ -1,0 +1,1 @@
+"""Image layer: SimpleITK geometry and file I/O. Knows nothing of Slicer."""

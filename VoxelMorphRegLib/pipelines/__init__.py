@@ -1,0 +1,1 @@
+"""Pipelines: register, train, evaluate, demo. They use the tensor and image layers."""

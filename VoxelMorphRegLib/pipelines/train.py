@@ -1,0 +1,382 @@
+"""Train a registration model: ``voxelmorphreg train``.
+
+Subjects come from a folder or a CSV (columns ``image`` and ``labels``; either may be empty).
+Each is brought onto the model grid of an atlas (``--atlas``) by the same preprocessing as
+``register`` (affine alignment to the atlas, resampling, intensity normalisation) and cached.
+Pairs are drawn at random between subjects; label-only subjects get a new synthetic image at
+every draw (SynthMorph style). Every step augments with a random smooth deformation and an
+intensity corruption.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+from ..errors import VoxelMorphRegError
+from ..image.affine import affine_register
+from ..image.io import ensure_output_folder, read_labels, read_volume
+from ..image.preprocessing import grid_for, image_on_grid, labels_on_grid
+from ..tensor.losses import ImageSimilarity, LabelDice, Smoothness, one_hot
+from ..tensor.synthesis import corrupt_intensity, image_from_labels, random_deformation
+from ..tensor.warping import warp, warp_labels
+from .label_metrics import dice_per_label
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+LABEL_TAGS = ("seg", "labels", "label", "aseg")
+# FreeSurfer IDs of brain structures; other labels of whole-head maps (skull, skin, extra-cerebral
+# CSF...) become background when --skull-strip-labels is given, to mimic skull-stripped images.
+NON_BRAIN_ASEG = {24}
+
+
+@dataclass
+class SubjectSource:
+    name: str
+    image: str | None
+    labels: str | None
+
+
+@dataclass
+class Subject:
+    name: str
+    image: np.ndarray | None  # [K, J, I] float32 on the model grid, None for label-only subjects
+    labels: np.ndarray | None  # [K, J, I] int32 on the model grid
+
+
+@dataclass
+class TrainingOptions:
+    out: str
+    steps: int = 2000
+    learning_rate: float = 3e-4
+    similarity: str = "lncc"
+    lncc_window: int = 7
+    smoothness: str = "gradient"
+    smoothness_weight: float = 1.0
+    dice_weight: float = 1.0
+    augment_displacement_mm: float = 6.0
+    validate_every: int = 100
+    checkpoint_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    skull_strip_labels: bool = False
+    eval_labels: list = field(default_factory=list)
+    command: str = ""
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def sources_from(path) -> list[SubjectSource]:
+    """Subjects of a CSV (``image,labels`` columns) or a folder (``NAME_<tag>`` pairs images with labels)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".csv":
+        rows = list(csv.DictReader(path.open()))
+        if not rows or not ({"image", "labels"} & set(rows[0])):
+            raise VoxelMorphRegError(f"{path}: a training CSV needs an 'image' and/or 'labels' column")
+        sources = []
+        for number, row in enumerate(rows, start=1):
+            image = (row.get("image") or "").strip() or None
+            labels = (row.get("labels") or "").strip() or None
+            if image is None and labels is None:
+                raise VoxelMorphRegError(f"{path}: row {number} names neither an image nor labels")
+            resolve = lambda p: p if p is None or os.path.isabs(p) else str(path.parent / p)  # noqa: E731
+            name = (row.get("name") or "").strip() or _strip_suffix(Path(image or labels).name)
+            sources.append(SubjectSource(name, resolve(image), resolve(labels)))
+        return sources
+    if not path.is_dir():
+        raise VoxelMorphRegError(f"{path}: training data must be a folder or a .csv file")
+    groups: dict[str, dict] = {}
+    for file in sorted(path.iterdir()):
+        stem = _strip_suffix(file.name)
+        if stem == file.name:
+            continue
+        key, _, tag = stem.rpartition("_")
+        if tag.lower() in LABEL_TAGS and key:
+            groups.setdefault(key, {})["labels"] = str(file)
+        else:
+            groups.setdefault(key if key else stem, {}).setdefault("images", []).append(str(file))
+    sources = []
+    for key, group in sorted(groups.items()):
+        images = group.get("images", [None])
+        for image in images:
+            name = _strip_suffix(Path(image).name) if image else key
+            sources.append(SubjectSource(name, image, group.get("labels")))
+    if not sources:
+        raise VoxelMorphRegError(f"{path}: no volumes found (expected {', '.join(IMAGE_SUFFIXES)})")
+    return sources
+
+
+def _pseudo_image(labels: sitk.Image) -> sitk.Image:
+    """A rough T1-like image from FreeSurfer labels, only used to align a label-only subject."""
+    array = sitk.GetArrayFromImage(labels)
+    image = np.zeros(array.shape, np.float32)
+    image[array > 0] = 0.3
+    image[np.isin(array, [3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58])] = 0.6  # grey matter
+    image[np.isin(array, [2, 41, 7, 46, 16, 28, 60])] = 1.0  # white matter, brainstem, ventral DC
+    image[np.isin(array, [4, 43, 5, 44, 14, 15, 24])] = 0.1  # CSF
+    out = sitk.GetImageFromArray(image)
+    out.CopyInformation(labels)
+    return out
+
+
+def prepare_subject(source: SubjectSource, atlas: sitk.Image, config: ModelConfig, cache: Path | None, skull_strip: bool, align: bool = True, log=print) -> Subject:
+    """Load, align to the atlas and bring one subject onto the model grid (cached on disk)."""
+    key = hashlib.sha1(json.dumps([source.image, source.labels, config.spacing, config.orientation, config.intensity, skull_strip, align, atlas.GetSize(), atlas.GetOrigin()]).encode()).hexdigest()[:16]
+    cached = cache / f"{source.name}-{key}.npz" if cache else None
+    if cached and cached.exists():
+        data = np.load(cached)
+        return Subject(source.name, data["image"] if "image" in data else None, data["labels"] if "labels" in data else None)
+    started = time.perf_counter()
+    image = read_volume(source.image) if source.image else None
+    labels = read_labels(source.labels, reference=image) if source.labels else None
+    if labels is not None and skull_strip:
+        array = sitk.GetArrayFromImage(labels)
+        array[(array >= 100) & ((array < 251) | (array > 255))] = 0
+        array[np.isin(array, list(NON_BRAIN_ASEG))] = 0
+        stripped = sitk.GetImageFromArray(array)
+        stripped.CopyInformation(labels)
+        labels = stripped
+    guide = image if image is not None else _pseudo_image(labels)
+    transform = affine_register(atlas, guide) if align else None
+    grid = grid_for(atlas, config)
+    payload = {}
+    if image is not None:
+        payload["image"] = image_on_grid(image, grid, transform, config)
+    if labels is not None:
+        payload["labels"] = labels_on_grid(labels, grid, transform)
+    if cached:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cached, **payload)
+    log(f"prepared {source.name} in {time.perf_counter() - started:.1f} s")
+    return Subject(source.name, payload.get("image"), payload.get("labels"))
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise VoxelMorphRegError("CUDA was requested but no CUDA device is available (use --device cpu or auto)")
+    if requested not in ("cpu", "cuda"):
+        raise VoxelMorphRegError(f"unknown device {requested!r}; choose auto, cpu or cuda")
+    return torch.device(requested)
+
+
+class PairSampler:
+    """Random (moving, fixed) pairs of distinct subjects, augmented on the fly."""
+
+    def __init__(self, subjects: list[Subject], device, augment_voxels: float, seed: int):
+        if len(subjects) < 2:
+            raise VoxelMorphRegError("training needs at least two subjects")
+        self.subjects = subjects
+        self.device = device
+        self.augment_voxels = augment_voxels
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _tensor(self, array):
+        return None if array is None else torch.from_numpy(np.ascontiguousarray(array))[None, None].to(self.device)
+
+    def draw(self, subject: Subject, augment: bool = True):
+        labels = self._tensor(subject.labels)
+        if subject.image is None:
+            image = image_from_labels(labels.cpu(), generator=self.generator).to(self.device)
+        else:
+            image = self._tensor(subject.image)
+            if augment:
+                image = corrupt_intensity(image.cpu(), generator=self.generator).to(self.device)
+        if augment and self.augment_voxels > 0:
+            flow, _ = random_deformation(image.shape[2:], self.augment_voxels, generator=self.generator)
+            flow = flow.to(self.device)
+            image = warp(image, flow)
+            if labels is not None:
+                labels = warp(labels.float(), flow, mode="nearest").long()
+        return image, labels
+
+    def pair(self):
+        a, b = torch.randperm(len(self.subjects), generator=self.generator)[:2].tolist()
+        return self.draw(self.subjects[a]), self.draw(self.subjects[b])
+
+
+def validation_pairs(subjects: list[Subject], seed: int) -> list[tuple]:
+    """Every ordered pair of labelled validation subjects; label-only ones get one fixed synthetic image."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    prepared = []
+    for subject in subjects:
+        if subject.labels is None:
+            continue
+        labels = torch.from_numpy(subject.labels)[None, None]
+        image = torch.from_numpy(subject.image)[None, None] if subject.image is not None else image_from_labels(labels, generator=generator)
+        prepared.append((subject.name, image, labels))
+    return [(m, f) for m in prepared for f in prepared if m[0] != f[0]]
+
+
+@torch.no_grad()
+def validate(network, pairs, device, eval_labels) -> float:
+    network.eval()
+    scores = []
+    for (_, m_img, m_lab), (_, f_img, f_lab) in pairs:
+        output = network(m_img.to(device), f_img.to(device))
+        warped = warp_labels(m_lab.to(device), output.flow).cpu().numpy()[0, 0]
+        dice = dice_per_label(warped, f_lab.numpy()[0, 0], eval_labels or None)
+        if dice:
+            scores.append(float(np.mean(list(dice.values()))))
+    network.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _shared_labels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    common = np.intersect1d(torch.unique(a).cpu().numpy(), torch.unique(b).cpu().numpy())
+    return torch.from_numpy(common[common != 0])
+
+
+def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects: list[Subject], config: ModelConfig, log=print, should_stop=lambda: False, init: str | None = None) -> dict:
+    """Run (or resume) training; return a summary. Checkpoints: ``last.pt`` and ``best.pt`` in ``out``."""
+    out = ensure_output_folder(options.out)
+    device = select_device(options.device)
+    torch.manual_seed(options.seed)
+    network = config.build().to(device)
+    optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, options.steps), eta_min=options.learning_rate * 0.02)
+    similarity = ImageSimilarity(options.similarity, options.lncc_window).to(device)
+    smoothness = Smoothness(options.smoothness).to(device)
+    dice_loss = LabelDice()
+    start_step, best = 0, -math.inf
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if last_path.exists():
+        _, _, payload = load_checkpoint(last_path, device)
+        network.load_state_dict(payload["state_dict"])
+        if "optimiser" in payload:
+            optimiser.load_state_dict(payload["optimiser"])
+            scheduler.load_state_dict(payload["scheduler"])
+        start_step = int(payload.get("step", 0))
+        config.training = dict(payload["config"].get("training", {}))
+        best = float(payload.get("best_dice", -math.inf))
+        log(f"resuming from {last_path} at step {start_step} (best validation Dice so far {best:.4f})")
+    elif init:
+        initial, _, _ = load_checkpoint(init, device)
+        network.load_state_dict(initial.state_dict())
+        log(f"starting from the weights of {init}")
+    mean_spacing = float(np.mean(config.spacing))
+    sampler = PairSampler(train_subjects, device, options.augment_displacement_mm / mean_spacing, options.seed + start_step)
+    val = validation_pairs(val_subjects, options.seed)
+    use_amp = device.type == "cuda"
+    log_path = out / "log.csv"
+    new_log = not log_path.exists()
+    log_file = log_path.open("a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "loss", "similarity", "smoothness", "dice_loss", "learning_rate", "seconds_per_step", "validation_dice"])
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        board = SummaryWriter(str(out / "tensorboard"))
+    except Exception:  # tensorboard is optional
+        board = None
+    network.train()
+    started = time.perf_counter()
+    window_start, window_steps = started, 0
+    provenance = dict(config.training)
+    provenance["wall_seconds_before_resume"] = float(provenance.get("wall_seconds", 0.0))
+    step = start_step
+    try:
+        for step in range(start_step + 1, options.steps + 1):
+            if should_stop():
+                log("stop requested")
+                step -= 1
+                break
+            (moving, moving_labels), (fixed, fixed_labels) = sampler.pair()
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                output = network(moving, fixed)
+            warped = warp(moving, output.flow)
+            sim = similarity(warped, fixed)
+            smooth = smoothness(output.velocity)
+            loss = sim + options.smoothness_weight * smooth
+            dice_value = torch.zeros(())
+            if options.dice_weight > 0 and moving_labels is not None and fixed_labels is not None:
+                values = _shared_labels(moving_labels, fixed_labels)
+                if values.numel():
+                    warped_one_hot = warp(one_hot(moving_labels, values), output.flow)
+                    dice_value = dice_loss(warped_one_hot, one_hot(fixed_labels, values))
+                    loss = loss + options.dice_weight * dice_value
+            if not torch.isfinite(loss):
+                raise VoxelMorphRegError(f"training diverged at step {step} (loss is {loss.item()}); lower --learning-rate")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            window_steps += 1
+            rate = (time.perf_counter() - window_start) / window_steps
+            val_dice = ""
+            if val and (step % options.validate_every == 0 or step == options.steps):
+                val_dice = validate(network, val, device, options.eval_labels)
+                if board:
+                    board.add_scalar("validation/dice", val_dice, step)
+                if val_dice > best:
+                    best = val_dice
+                    provenance.update({"best_step": step, "best_validation_dice": round(best, 4)})
+                    config.training = provenance
+                    save_checkpoint(best_path, network, config)
+            writer.writerow([step, f"{loss.item():.5f}", f"{sim.item():.5f}", f"{smooth.item():.5f}", f"{float(dice_value):.5f}", f"{scheduler.get_last_lr()[0]:.3g}", f"{rate:.3f}", "" if val_dice == "" else f"{val_dice:.4f}"])
+            if board:
+                board.add_scalar("loss/total", loss.item(), step)
+                board.add_scalar("loss/similarity", sim.item(), step)
+                board.add_scalar("loss/smoothness", smooth.item(), step)
+                board.add_scalar("loss/dice", float(dice_value), step)
+            if step % 10 == 0 or val_dice != "" or step == options.steps:
+                log_file.flush()
+                eta = rate * (options.steps - step)
+                extra = f" val_dice={val_dice:.4f} (best {best:.4f})" if val_dice != "" else ""
+                log(f"step {step}/{options.steps} loss={loss.item():.4f} sim={sim.item():.4f} smooth={smooth.item():.4f} dice={float(dice_value):.4f} {rate:.2f} s/step eta {eta / 60:.0f} min{extra}")
+            if step % options.checkpoint_every == 0 or step == options.steps:
+                _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
+    except KeyboardInterrupt:
+        log(f"interrupted at step {step}; saving {last_path} so that the same command resumes")
+        _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
+        raise
+    finally:
+        log_file.close()
+        if board:
+            board.close()
+    _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
+    if not best_path.exists():  # no validation set: the last model is the best we know
+        save_checkpoint(best_path, network, config)
+    return {"step": step, "best_validation_dice": best, "out": str(out)}
+
+
+def _save_last(path, network, optimiser, scheduler, config, provenance, step, best, options, started):
+    provenance = dict(provenance)
+    provenance.update({"steps": step, "command": options.command, "hardware": _hardware(options.device), "options": asdict(options)})
+    provenance["wall_seconds"] = round(provenance.get("wall_seconds_before_resume", 0.0) + time.perf_counter() - started, 1)
+    config.training = provenance
+    save_checkpoint(path, network, config, extra={"optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "best_dice": best if math.isfinite(best) else -1.0})
+
+
+def _hardware(device: str) -> str:
+    if torch.cuda.is_available() and device != "cpu":
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def prepare_all(sources, atlas_path, config, cache, skull_strip, align=True, log=print) -> list[Subject]:
+    atlas = read_volume(atlas_path)
+    return [prepare_subject(s, atlas, config, cache, skull_strip, align, log) for s in sources]
+
+
+def main_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""Pure tensor code: knows nothing of files, SimpleITK or Slicer."""

@@ -1,0 +1,48 @@
+"""The registration model: U-Net velocity, scaling-and-squaring, flows on the input grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .integration import integrate_velocity
+from .unet import VelocityUNet
+from .warping import resize_flow
+
+
+@dataclass
+class RegistrationOutput:
+    velocity: torch.Tensor  # [B, 3, ...] at the velocity grid (input grid / 2**svf_level)
+    flow: torch.Tensor  # fixed -> moving displacement on the input grid, voxel units (k, j, i)
+
+
+class RegistrationNetwork(nn.Module):
+    """``forward(moving, fixed)`` -> velocity and the integrated fixed-to-moving flow.
+
+    ``warp(moving, output.flow)`` is the moving image aligned to the fixed one. The flow of
+    the inverse transform is :meth:`inverse_flow` of the same velocity.
+    """
+
+    def __init__(self, encoder_features=(16, 32, 32, 32, 32), decoder_features=(32, 32, 32, 16), svf_level=0, integration_steps=7):
+        super().__init__()
+        self.unet = VelocityUNet(2, encoder_features, decoder_features, svf_level)
+        self.integration_steps = integration_steps
+
+    @property
+    def divisor(self) -> int:
+        return self.unet.divisor
+
+    def flow_from_velocity(self, velocity: torch.Tensor, shape) -> torch.Tensor:
+        return resize_flow(integrate_velocity(velocity, self.integration_steps), shape)
+
+    def inverse_flow(self, velocity: torch.Tensor, shape) -> torch.Tensor:
+        return self.flow_from_velocity(-velocity, shape)
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
+        shape = moving.shape[2:]
+        if any(n % self.divisor for n in shape):
+            raise ValueError(f"input size {tuple(shape)} must be divisible by {self.divisor}")
+        velocity = self.unet(moving, fixed).float()
+        return RegistrationOutput(velocity=velocity, flow=self.flow_from_velocity(velocity, shape))

@@ -1,0 +1,78 @@
+"""VoxelMorph-style U-Net that predicts a stationary velocity field from a (moving, fixed) pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from torch import nn
+
+
+def _conv(in_channels: int, out_channels: int, stride: int = 1) -> Convolution:
+    return Convolution(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        strides=stride,
+        kernel_size=3,
+        act=("LEAKYRELU", {"negative_slope": 0.2}),
+        norm=None,
+    )
+
+
+class VelocityUNet(nn.Module):
+    """Encoder of strided convolutions, decoder with skip connections, 3-channel velocity head.
+
+    ``encoder_features[0]`` runs at the input resolution; each further entry halves it.
+    ``svf_level`` is how many halvings the velocity field stays below the input resolution
+    (0: full resolution; 1: half, which skips the costliest full-resolution decoder layers).
+    Input sizes must be divisible by ``2 ** (len(encoder_features) - 1)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        encoder_features: Sequence[int] = (16, 32, 32, 32, 32),
+        decoder_features: Sequence[int] = (32, 32, 32, 16),
+        svf_level: int = 0,
+    ):
+        super().__init__()
+        levels = len(encoder_features) - 1
+        if not 0 <= svf_level < levels:
+            raise ValueError(f"svf_level must be in [0, {levels - 1}], got {svf_level}")
+        if len(decoder_features) != levels - svf_level:
+            raise ValueError(f"need {levels - svf_level} decoder features for svf_level {svf_level}, got {len(decoder_features)}")
+        self.levels = levels
+        self.svf_level = svf_level
+        self.encoder = nn.ModuleList()
+        previous = in_channels
+        for depth, features in enumerate(encoder_features):
+            self.encoder.append(_conv(previous, features, stride=1 if depth == 0 else 2))
+            previous = features
+        self.decoder = nn.ModuleList()
+        for step, features in enumerate(decoder_features):
+            skip = encoder_features[levels - 1 - step]
+            self.decoder.append(_conv(previous + skip, features))
+            previous = features
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = nn.Conv3d(previous, 3, kernel_size=3, padding=1)
+        # Start near the identity transform, as VoxelMorph does.
+        nn.init.normal_(self.head.weight, mean=0.0, std=1e-5)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def divisor(self) -> int:
+        return 2**self.levels
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([moving, fixed], dim=1)
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        x = skips.pop()
+        for block in self.decoder:
+            x = self.upsample(x)
+            x = block(torch.cat([x, skips.pop()], dim=1))
+        return self.head(x)
