@@ -17,9 +17,13 @@ def jacobian_determinant(flow: torch.Tensor, spacing=(1.0, 1.0, 1.0)) -> torch.T
     grads = []
     for channel in range(3):
         grads.append(torch.stack(torch.gradient(flow[:, channel], dim=(1, 2, 3), spacing=tuple(float(s) for s in spacing)), dim=1))
-    jac = torch.stack(grads, dim=1)  # [B, 3(component), 3(derivative axis), K, J, I]
-    jac = jac + torch.eye(3, device=flow.device).view(1, 3, 3, 1, 1, 1)
-    return torch.linalg.det(jac.permute(0, 3, 4, 5, 1, 2))
+    # j[r][c]: derivative of component r along axis c, plus the identity.
+    j = [[grads[r][:, c] + (1.0 if r == c else 0.0) for c in range(3)] for r in range(3)]
+    return (
+        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
+    )
 
 
 def folding_statistics(determinant: torch.Tensor, mask: torch.Tensor | None = None) -> dict:

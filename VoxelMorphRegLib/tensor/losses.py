@@ -17,7 +17,10 @@ class ImageSimilarity(torch.nn.Module):
 
     LNCC is computed in float32 outside autocast: its variance terms lose all precision in
     fp16. MONAI clamps both local variances below by ``smooth_dr``, which guards against the
-    NaN and negative-variance failures of constant patches (e.g. background).
+    NaN and negative-variance failures of constant patches (e.g. background). The numerator
+    offset ``smooth_nr`` must stay 0: with MONAI's default (1e-5 over a clamped 1e-5 * 1e-5)
+    every constant patch scores 1e5 instead of 0, swamping the loss with the background.
+    Each local score then lies in [0, 1] and the loss in [-1, 0].
     """
 
     def __init__(self, kind: str = "lncc", window: int = 9):
@@ -25,7 +28,7 @@ class ImageSimilarity(torch.nn.Module):
         if kind not in ("lncc", "mse"):
             raise ValueError(f"unknown similarity {kind!r}; choose lncc or mse")
         self.kind = kind
-        self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=window, kernel_type="rectangular", smooth_nr=1e-5, smooth_dr=1e-5)
+        self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=window, kernel_type="rectangular", smooth_nr=0.0, smooth_dr=1e-5)
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=warped.device.type, enabled=False):

@@ -1,0 +1,91 @@
+"""View setup after a registration, as far as MRML holds it: slice composite nodes, display nodes, fitting."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK")
+slicer = pytest.importorskip("slicer")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("slicer is not Slicer's MRML (slicer-core)", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from VoxelMorphRegLib.mrml import segmentations, views, volumes  # noqa: E402
+
+VIEWS = ("Red", "Yellow", "Green")
+
+
+@pytest.fixture()
+def layout():
+    """A scene with three slice views (slice node + composite node + slice logic each), like the app's."""
+    scene = slicer.vtkMRMLScene()
+    logics = []
+    for name in VIEWS:
+        slice_node = slicer.vtkMRMLSliceNode()
+        slice_node.SetName(name)
+        slice_node.SetLayoutName(name)
+        scene.AddNode(slice_node)
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(name)
+        scene.AddNode(composite)
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLScene(scene)
+        logic.SetSliceNode(slice_node)
+        logics.append(logic)
+    image = sitk.Image(50, 60, 40, sitk.sitkFloat32)
+    image.SetSpacing((2.0, 2.0, 3.0))
+    image.SetOrigin((100.0, 200.0, 300.0))
+    fixed = volumes.sitk_to_volume(image, scene=scene, name="fixed")
+    warped = volumes.sitk_to_volume(image, scene=scene, name="warped")
+    labels = np.zeros((40, 60, 50), np.uint8)
+    labels[10:20, 10:30, 10:30] = 1
+    segmentation = segmentations.new_segmentation_from_labels(labels, volumes.ijk_to_ras(fixed), [segmentations.LabelInfo(1, "Tumor", (1, 0, 0))], name="warped seg")
+    scene.AddNode(segmentation)
+    segmentation.CreateDefaultDisplayNodes()
+    moving_segmentation = segmentations.new_segmentation_from_labels(labels, volumes.ijk_to_ras(fixed), [segmentations.LabelInfo(1, "Tumor", (1, 0, 0))], name="moving seg")
+    scene.AddNode(moving_segmentation)
+    moving_segmentation.CreateDefaultDisplayNodes()
+    return scene, logics, fixed, warped, segmentation, moving_segmentation
+
+
+def test_show_registration_sets_layers_outlines_and_fits(layout):
+    scene, logics, fixed, warped, segmentation, moving_segmentation = layout
+    views.show_registration(scene, fixed, warped, segmentation, opacity=0.5, slice_logics=logics, hidden_segmentations=[moving_segmentation])
+    composites = views.slice_composite_nodes(scene)
+    assert len(composites) == 3
+    for composite in composites:
+        assert composite.GetBackgroundVolumeID() == fixed.GetID()
+        assert composite.GetForegroundVolumeID() == warped.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.5)
+    display = segmentation.GetDisplayNode()
+    assert display.GetVisibility() and display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
+    assert not moving_segmentation.GetDisplayNode().GetVisibility2D()
+    # Fitted to the fixed volume: 50 x 2 mm by 60 x 2 mm in the axial view, centred on it.
+    red = logics[0].GetSliceNode()
+    assert max(red.GetFieldOfView()[:2]) == pytest.approx(120.0)
+    centre = [red.GetSliceToRAS().GetElement(r, 3) for r in range(2)]
+    np.testing.assert_allclose(centre, [-100.0 - 49.0, -200.0 - 59.0], atol=1e-6)
+
+
+def test_fade_changes_foreground_opacity_everywhere(layout):
+    scene, logics, fixed, warped, *_ = layout
+    views.show_registration(scene, fixed, warped)
+    views.set_fade(scene, 0.8)
+    assert all(c.GetForegroundOpacity() == pytest.approx(0.8) for c in views.slice_composite_nodes(scene))
+    views.set_fade(scene, 7.0)
+    assert all(c.GetForegroundOpacity() == pytest.approx(1.0) for c in views.slice_composite_nodes(scene))
+
+
+def test_fit_accepts_a_vtk_collection(layout):
+    import vtk
+
+    scene, logics, fixed, warped, *_ = layout
+    views.show_registration(scene, fixed, warped)
+    collection = vtk.vtkCollection()
+    for logic in logics:
+        collection.AddItem(logic)
+    assert views.fit_slice_views(collection) == 3
+    assert views.fit_slice_views(None) == 0

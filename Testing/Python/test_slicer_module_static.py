@@ -1,0 +1,221 @@
+"""Static checks of the Slicer module: compiles, panel matches the code, CMake lists every file.
+
+No Slicer needed: the module script is compiled and parsed, the .ui is read as XML.
+"""
+
+import ast
+import py_compile
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "VoxelMorphReg.py"
+UI = ROOT / "Resources" / "UI" / "VoxelMorphReg.ui"
+CMAKE = ROOT / "CMakeLists.txt"
+
+# Widgets the code relies on, with the class it relies on (methods/signals used in VoxelMorphReg.py).
+EXPECTED_CLASSES = {
+    "fixedVolumeSelector": "qMRMLNodeComboBox",
+    "movingVolumeSelector": "qMRMLNodeComboBox",
+    "movingSegmentationSelector": "qMRMLNodeComboBox",
+    "fixedSegmentationSelector": "qMRMLNodeComboBox",
+    "modelComboBox": "QComboBox",
+    "addModelButton": "QToolButton",
+    "deviceComboBox": "QComboBox",
+    "deviceStatusLabel": "QLabel",
+    "affineCheckBox": "QCheckBox",
+    "refineIterationsSpinBox": "QSpinBox",
+    "integrationStepsSpinBox": "QSpinBox",
+    "outputVolumeSelector": "qMRMLNodeComboBox",
+    "outputTransformSelector": "qMRMLNodeComboBox",
+    "inverseTransformCheckBox": "QCheckBox",
+    "outputInverseTransformSelector": "qMRMLNodeComboBox",
+    "outputSegmentationSelector": "qMRMLNodeComboBox",
+    "jacobianCheckBox": "QCheckBox",
+    "outputJacobianSelector": "qMRMLNodeComboBox",
+    "tableCheckBox": "QCheckBox",
+    "outputTableSelector": "qMRMLNodeComboBox",
+    "registerButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "statusLabel": "QLabel",
+    "fadeSlider": "ctkSliderWidget",
+    "logTextEdit": "QPlainTextEdit",
+    "inputsCollapsibleButton": "ctkCollapsibleButton",
+    "settingsCollapsibleButton": "ctkCollapsibleButton",
+    "advancedCollapsibleButton": "ctkCollapsibleButton",
+    "outputsCollapsibleButton": "ctkCollapsibleButton",
+}
+
+# Which widget classes the parameter node wrapper can connect to which parameter types
+# (slicer/parameterNodeWrapper/guiConnectors.py: canRepresent of each connector).
+CONNECTABLE = {
+    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton", "ctkCheckablePushButton"},
+    "int": {"QSpinBox", "QSlider", "QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox", "qMRMLSliderWidget"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox", "qMRMLSliderWidget", "ctkDoubleSlider"},
+    "str": {"QComboBox", "ctkComboBox", "QLineEdit", "QLabel", "QTextEdit"},
+    "node": {"qMRMLNodeComboBox"},
+}
+
+
+def ui_widgets():
+    tree = ET.parse(UI)
+    widgets = {}
+    parameters = {}
+    for widget in tree.iter("widget"):
+        widgets[widget.get("name")] = widget.get("class")
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                parameters[prop.find("string").text] = (widget.get("name"), widget.get("class"))
+    return tree, widgets, parameters
+
+
+def module_source():
+    return MODULE.read_text(encoding="utf-8")
+
+
+def parameter_annotations():
+    """``name -> kind`` (bool/int/float/str/node/list) of the parameter node wrapper's fields."""
+    tree = ast.parse(module_source())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "VoxelMorphRegParameterNode")
+    kinds = {}
+    for item in cls.body:
+        if isinstance(item, ast.AnnAssign):
+            text = ast.unparse(item.annotation)
+            base = text
+            if text.startswith("Annotated["):
+                base = text[len("Annotated["):].split(",")[0]
+            if base.startswith(("vtkMRML", "Union[vtkMRML", "Optional[vtkMRML")):
+                kinds[item.target.id] = "node"
+            elif base.startswith("list"):
+                kinds[item.target.id] = "list"
+            else:
+                kinds[item.target.id] = base
+    return kinds
+
+
+def test_module_compiles(tmp_path):
+    py_compile.compile(str(MODULE), cfile=str(tmp_path / "VoxelMorphReg.pyc"), doraise=True)
+
+
+def test_only_python_file_at_the_root():
+    assert [p.name for p in ROOT.glob("*.py")] == ["VoxelMorphReg.py"]
+
+
+def test_module_defines_the_scripted_module_classes():
+    names = {n.name for n in ast.parse(module_source()).body if isinstance(n, ast.ClassDef)}
+    assert {"VoxelMorphReg", "VoxelMorphRegWidget", "VoxelMorphRegLogic", "VoxelMorphRegTest", "VoxelMorphRegParameterNode"} <= names
+    assert 'translate("qSlicerAbstractCoreModule", "Registration")' in module_source()
+
+
+def test_every_ui_name_used_exists_with_expected_class():
+    _, widgets, _ = ui_widgets()
+    used = set(re.findall(r"\.ui\.(\w+)", module_source()))
+    assert used, "no self.ui.<name> found"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"used in VoxelMorphReg.py but not in the .ui: {missing}"
+    for name in used:
+        if name in EXPECTED_CLASSES:
+            assert widgets[name] == EXPECTED_CLASSES[name], f"{name}: {widgets[name]} in the .ui, {EXPECTED_CLASSES[name]} expected"
+    unknown = sorted(used - set(EXPECTED_CLASSES))
+    assert not unknown, f"add these to EXPECTED_CLASSES with their class: {unknown}"
+
+
+def test_parameter_names_match_parameter_node_and_widget_kinds():
+    _, _, parameters = ui_widgets()
+    kinds = parameter_annotations()
+    for parameter, (widget, cls) in parameters.items():
+        assert parameter in kinds, f"{widget} is bound to '{parameter}', which VoxelMorphRegParameterNode does not define"
+        assert cls in CONNECTABLE[kinds[parameter]], f"{widget} ({cls}) cannot show a {kinds[parameter]} parameter '{parameter}'"
+    # str parameters shown in a combo box need a Choice annotation (QComboBoxToStringableConnector).
+    source = module_source()
+    for parameter, (widget, cls) in parameters.items():
+        if cls in ("QComboBox", "ctkComboBox"):
+            assert re.search(rf"{parameter}: Annotated\[str, Choice\(", source), f"{parameter}: combo box needs Choice([...])"
+
+
+def test_ui_connects_scene_to_every_node_selector():
+    tree, widgets, _ = ui_widgets()
+    receivers = {c.findtext("receiver") for c in tree.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    selectors = {name for name, cls in widgets.items() if cls == "qMRMLNodeComboBox"}
+    assert selectors == receivers
+    custom = {c.findtext("class") for c in tree.iter("customwidget")}
+    assert {cls for cls in widgets.values() if cls.startswith(("qMRML", "ctk"))} <= custom
+
+
+def test_icon_is_128_pixels():
+    png = (ROOT / "Resources" / "Icons" / "VoxelMorphReg.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (128, 128)
+
+
+# -- CMakeLists.txt ------------------------------------------------------------------------------
+
+
+def cmake_list(name):
+    text = CMAKE.read_text(encoding="utf-8")
+    module_name = re.search(r"set\(MODULE_NAME\s+(\S+)\)", text).group(1)
+    match = re.search(rf"set\({name}\s+(.*?)\)", text, re.S)
+    assert match, f"{name} not set in CMakeLists.txt"
+    items = [line.split("#")[0].strip() for line in match.group(1).splitlines()]
+    return [item.replace("${MODULE_NAME}", module_name) for item in items if item]
+
+
+def test_cmake_lists_every_script():
+    listed = set(cmake_list("MODULE_PYTHON_SCRIPTS"))
+    present = {p.relative_to(ROOT).as_posix() for p in (ROOT / "VoxelMorphRegLib").rglob("*.py") if "__pycache__" not in p.parts}
+    present.add("VoxelMorphReg.py")
+    assert not sorted(present - listed), f"add to MODULE_PYTHON_SCRIPTS in CMakeLists.txt: {sorted(present - listed)}"
+    assert not sorted(listed - present), f"listed in CMakeLists.txt but missing (CMake would fail): {sorted(listed - present)}"
+
+
+def test_cmake_lists_every_resource():
+    listed = set(cmake_list("MODULE_PYTHON_RESOURCES"))
+    present = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "Resources").rglob("*")
+        if p.is_file() and "Screenshots" not in p.relative_to(ROOT / "Resources").parts and "__pycache__" not in p.parts
+    }
+    assert not sorted(present - listed), f"add to MODULE_PYTHON_RESOURCES in CMakeLists.txt: {sorted(present - listed)}"
+    assert not sorted(listed - present), f"listed in CMakeLists.txt but missing (CMake would fail): {sorted(listed - present)}"
+
+
+def test_cmake_extension_metadata():
+    text = CMAKE.read_text(encoding="utf-8")
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert re.search(rf'set\({key}\s+"[^"]+"\)', text), key
+    assert re.search(r'set\(EXTENSION_CATEGORY\s+"Registration"\)', text)
+    assert re.search(r'set\(EXTENSION_DEPENDS\s+"PyTorch"\)', text)
+    for needed in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "slicerMacroBuildScriptedModule(", "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)",
+                   "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert needed in text, needed
+
+
+# -- the MRML bridge stays Qt-free and torch-free at import time ----------------------------------
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "VoxelMorphRegLib" / "mrml").glob("*.py")), ids=lambda p: p.name)
+def test_mrml_package_imports_neither_qt_nor_torch(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        for name in names:
+            root = name.split(".")[0]
+            assert root not in ("qt", "ctk", "PythonQt", "PyQt5", "PyQt6", "PySide2", "PySide6", "slicer.qt"), f"{path.name} imports {name}"
+            assert root != "torch" and root != "monai", f"{path.name} imports {name}"
+
+
+def test_module_script_never_imports_torch():
+    tree = ast.parse(module_source())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert all(a.name.split(".")[0] not in ("torch", "monai") for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            assert node.module.split(".")[0] not in ("torch", "monai")

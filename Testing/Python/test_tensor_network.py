@@ -1,0 +1,52 @@
+"""U-Net velocity network, Jacobians and losses."""
+
+import pytest
+import torch
+
+from VoxelMorphRegLib.tensor.jacobian import folding_statistics, jacobian_determinant
+from VoxelMorphRegLib.tensor.losses import ImageSimilarity, LabelDice, Smoothness, one_hot
+from VoxelMorphRegLib.tensor.registration_network import RegistrationNetwork
+
+
+@pytest.mark.parametrize("svf_level", [0, 1])
+def test_network_shapes_and_identity_start(svf_level):
+    net = RegistrationNetwork(decoder_features=(32, 32, 32, 16)[: 4 - svf_level], svf_level=svf_level)
+    moving, fixed = torch.rand(1, 1, 32, 48, 16), torch.rand(1, 1, 32, 48, 16)
+    out = net(moving, fixed)
+    assert out.velocity.shape == (1, 3, 32 // 2**svf_level, 48 // 2**svf_level, 16 // 2**svf_level)
+    assert out.flow.shape == (1, 3, 32, 48, 16)
+    assert out.flow.abs().max() < 1e-2  # the head starts near zero: the identity transform
+
+
+def test_network_rejects_sizes_it_cannot_divide():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        RegistrationNetwork()(torch.rand(1, 1, 30, 32, 32), torch.rand(1, 1, 30, 32, 32))
+
+
+def test_jacobian_of_identity_scaling_and_fold():
+    shape = (10, 10, 10)
+    assert torch.allclose(jacobian_determinant(torch.zeros(1, 3, *shape)), torch.ones(1, *shape))
+    k, j, i = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in shape), indexing="ij")
+    scale = torch.stack([0.1 * k, 0.1 * j, 0.1 * i])[None]  # x -> 1.1 x
+    assert torch.allclose(jacobian_determinant(scale), torch.full((1, *shape), 1.1**3), atol=1e-5)
+    flip = torch.stack([torch.zeros_like(k), torch.zeros_like(j), -2.0 * i])[None]  # i -> -i: folded
+    stats = folding_statistics(jacobian_determinant(flip))
+    assert stats["folding_fraction"] == 1.0 and stats["folded_voxels"] == 1000
+
+
+def test_lncc_is_bounded_and_prefers_aligned_images():
+    torch.manual_seed(0)
+    image = torch.zeros(1, 1, 24, 24, 24)
+    image[..., 4:20, 4:20, 4:20] = torch.rand(16, 16, 16)
+    lncc = ImageSimilarity("lncc", 5)
+    same, shifted = lncc(image, image), lncc(torch.roll(image, 2, 3), image)
+    assert -1.0 <= same < shifted <= 0.0  # background (constant patches) scores 0, not 1e5
+    assert torch.isfinite(lncc(torch.zeros_like(image), image))
+
+
+def test_smoothness_and_dice_losses():
+    assert Smoothness()(torch.zeros(1, 3, 8, 8, 8)) == 0
+    assert Smoothness("bending")(torch.randn(1, 3, 8, 8, 8)) > 0
+    labels = torch.randint(0, 3, (1, 1, 8, 8, 8))
+    values = torch.tensor([1, 2])
+    assert LabelDice()(one_hot(labels, values), one_hot(labels, values)) < 1e-4

@@ -1,0 +1,237 @@
+"""The engine's output folder -> MRML nodes, all at once at the end of a successful run.
+
+Two steps keep a failure from leaving half-made nodes behind:
+
+1. :func:`stage_outputs` reads every file and builds every result as a node that is *not* in
+   the scene. Any error here (missing file, wrong grid) leaves the scene untouched.
+2. :func:`commit_outputs` then adds the new nodes to the scene, or copies the results into the
+   existing nodes the user chose. If adding fails midway, the nodes added so far are removed.
+
+Outputs on the fixed grid get the fixed volume's exact IJKToRAS (after checking the file's
+grid matches it to within 1e-3 voxel), not the rounded geometry a NIfTI header holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import VoxelMorphRegError
+from .segmentations import LabelInfo, new_segmentation_from_labels
+from .tables import new_metrics_table, read_metrics
+from .transforms import grid_transform_node_from_displacement, read_displacement
+from .volumes import ijk_to_ras_from_sitk, same_geometry, sitk_to_volume
+
+WARPED = "warped.nii.gz"
+WARPED_LABELS = "warped_labels.nii.gz"
+DISPLACEMENT = "displacement.nii.gz"
+INVERSE_DISPLACEMENT = "inverse_displacement.nii.gz"
+JACOBIAN = "jacobian.nii.gz"
+METRICS = "metrics.json"
+QC = "qc.png"
+
+# Output keys, in the order they are added to the scene.
+OUTPUT_KEYS = ("warped_volume", "transform", "inverse_transform", "segmentation", "jacobian", "table")
+
+
+@dataclass
+class OutputTargets:
+    """Existing nodes to put results into; ``None`` means "create a new node"."""
+
+    warped_volume: object = None
+    transform: object = None
+    inverse_transform: object = None
+    segmentation: object = None
+    jacobian: object = None
+    table: object = None
+
+
+@dataclass
+class ImportPlan:
+    """What the runner knows about the inputs that the import needs."""
+
+    fixed_node: object
+    moving_node: object
+    fixed_ijk_to_ras: np.ndarray
+    fixed_size: tuple
+    moving_ijk_to_ras: np.ndarray
+    moving_size: tuple
+    moving_segmentation_node: object = None
+    label_infos: list = field(default_factory=list)  # LabelInfo of the moving labels
+    label_names: dict = field(default_factory=dict)  # label value -> name, for the table
+    inverse_transform: bool = False
+    jacobian: bool = True
+    table: bool = True
+
+
+@dataclass
+class RegistrationResult:
+    """The nodes a registration produced (or updated), and its metrics."""
+
+    warped_volume: object = None
+    transform: object = None
+    inverse_transform: object = None
+    segmentation: object = None
+    jacobian: object = None
+    table: object = None
+    metrics: dict = field(default_factory=dict)
+    log: list = field(default_factory=list)
+
+    def nodes(self) -> dict:
+        """The output nodes by key (only those produced)."""
+        return {key: getattr(self, key) for key in OUTPUT_KEYS if getattr(self, key) is not None}
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+
+def _base_name(node, fallback: str) -> str:
+    return (node.GetName() if node is not None and node.GetName() else "") or fallback
+
+
+def default_names(plan: ImportPlan) -> dict:
+    moving = _base_name(plan.moving_node, "moving")
+    fixed = _base_name(plan.fixed_node, "fixed")
+    segmentation = _base_name(plan.moving_segmentation_node, "segmentation")
+    return {
+        "warped_volume": f"{moving} warped",
+        "transform": f"{moving} to {fixed} (VoxelMorph)",
+        "inverse_transform": f"{fixed} to {moving} (VoxelMorph)",
+        "segmentation": f"{segmentation} warped",
+        "jacobian": f"{moving} to {fixed} Jacobian determinant",
+        "table": f"{moving} to {fixed} registration metrics",
+    }
+
+
+def _read_on_grid(folder: Path, file_name: str, matrix: np.ndarray, size, what: str, pixel_type=None) -> sitk.Image:
+    path = folder / file_name
+    if not path.exists():
+        raise VoxelMorphRegError(f"the engine did not write {file_name}")
+    try:
+        image = sitk.ReadImage(str(path), pixel_type) if pixel_type is not None else sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VoxelMorphRegError(f"{file_name}: cannot be read ({str(exc).strip().splitlines()[-1]})") from None
+    if not same_geometry(image, matrix, size):
+        raise VoxelMorphRegError(
+            f"{file_name}: grid (size {image.GetSize()}) is not the {what} volume's grid (size {tuple(size)}); engine and module disagree on geometry"
+        )
+    return image
+
+
+def stage_outputs(folder, plan: ImportPlan) -> dict:
+    """Read the engine's outputs into nodes outside the scene, keyed like :data:`OUTPUT_KEYS`, plus ``metrics``."""
+    folder = Path(folder)
+    names = default_names(plan)
+    staged: dict = {}
+    metrics = read_metrics(folder / METRICS) if (folder / METRICS).exists() else {}
+
+    warped = _read_on_grid(folder, WARPED, plan.fixed_ijk_to_ras, plan.fixed_size, "fixed")
+    staged["warped_volume"] = sitk_to_volume(warped, name=names["warped_volume"], ijk_to_ras_matrix=plan.fixed_ijk_to_ras)
+
+    field_image = read_displacement(folder / DISPLACEMENT) if (folder / DISPLACEMENT).exists() else None
+    if field_image is None:
+        raise VoxelMorphRegError(f"the engine did not write {DISPLACEMENT}")
+    if not same_geometry(field_image, plan.fixed_ijk_to_ras, plan.fixed_size):
+        raise VoxelMorphRegError(f"{DISPLACEMENT}: grid is not the fixed volume's grid")
+    staged["transform"] = grid_transform_node_from_displacement(field_image, name=names["transform"], ijk_to_ras_matrix=plan.fixed_ijk_to_ras)
+
+    if plan.inverse_transform:
+        inverse = read_displacement(folder / INVERSE_DISPLACEMENT) if (folder / INVERSE_DISPLACEMENT).exists() else None
+        if inverse is None:
+            raise VoxelMorphRegError(f"the engine did not write {INVERSE_DISPLACEMENT}")
+        if not same_geometry(inverse, plan.moving_ijk_to_ras, plan.moving_size):
+            raise VoxelMorphRegError(f"{INVERSE_DISPLACEMENT}: grid is not the moving volume's grid")
+        staged["inverse_transform"] = grid_transform_node_from_displacement(inverse, name=names["inverse_transform"], ijk_to_ras_matrix=plan.moving_ijk_to_ras)
+
+    if plan.moving_segmentation_node is not None:
+        labels = _read_on_grid(folder, WARPED_LABELS, plan.fixed_ijk_to_ras, plan.fixed_size, "fixed")
+        array = sitk.GetArrayFromImage(labels)
+        infos = [LabelInfo(i.value, i.name, i.color, i.segment_id, i.terminology) for i in plan.label_infos]
+        staged["segmentation"] = new_segmentation_from_labels(array, plan.fixed_ijk_to_ras, infos, name=names["segmentation"])
+
+    if plan.jacobian:
+        jacobian = _read_on_grid(folder, JACOBIAN, plan.fixed_ijk_to_ras, plan.fixed_size, "fixed")
+        staged["jacobian"] = sitk_to_volume(jacobian, name=names["jacobian"], ijk_to_ras_matrix=plan.fixed_ijk_to_ras)
+
+    if plan.table:
+        staged["table"] = new_metrics_table(metrics, plan.label_names, name=names["table"])
+
+    staged["metrics"] = metrics
+    return staged
+
+
+def _copy_into(target, source, key: str) -> None:
+    """Put a staged result into an existing node the user chose."""
+    import slicer
+
+    with slicer.util.NodeModify(target):
+        if key in ("warped_volume", "jacobian"):
+            target.SetIJKToRASMatrix(_ijk_to_ras_vtk(source))
+            target.SetAndObserveImageData(source.GetImageData())
+        elif key in ("transform", "inverse_transform"):
+            target.SetAndObserveTransformFromParent(source.GetTransformFromParent())
+        elif key == "segmentation":
+            target.GetSegmentation().DeepCopy(source.GetSegmentation())
+        elif key == "table":
+            target.SetAndObserveTable(source.GetTable())
+            for attribute in ("VoxelMorphReg.Device", "VoxelMorphReg.Model"):
+                target.SetAttribute(attribute, source.GetAttribute(attribute))
+            for c in range(source.GetNumberOfColumns()):
+                name = source.GetColumnName(c)
+                target.SetColumnDescription(name, source.GetColumnDescription(name))
+
+
+def _ijk_to_ras_vtk(node):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return matrix
+
+
+def _style_new_node(key: str, node, plan: ImportPlan) -> None:
+    """Display defaults for a node just added to the scene."""
+    if key in ("warped_volume", "jacobian", "segmentation"):
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode() if hasattr(node, "GetDisplayNode") else None
+    if key == "warped_volume" and display is not None:
+        source = plan.moving_node.GetDisplayNode() if plan.moving_node is not None else None
+        if source is not None and source.IsA("vtkMRMLScalarVolumeDisplayNode") and not source.GetAutoWindowLevel():
+            display.SetAutoWindowLevel(False)
+            display.SetWindowLevel(source.GetWindow(), source.GetLevel())
+    elif key == "jacobian" and display is not None:
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(0.0, 2.0)
+    elif key == "segmentation" and plan.fixed_node is not None:
+        node.SetReferenceImageGeometryParameterFromVolumeNode(plan.fixed_node)
+
+
+def commit_outputs(scene, staged: dict, targets: OutputTargets | None, plan: ImportPlan, log=None) -> RegistrationResult:
+    """Add the staged nodes to ``scene`` (or copy them into ``targets``); all or nothing for new nodes."""
+    targets = targets or OutputTargets()
+    result = RegistrationResult(metrics=staged.get("metrics", {}), log=list(log or []))
+    added = []
+    try:
+        for key in OUTPUT_KEYS:
+            node = staged.get(key)
+            if node is None:
+                continue
+            target = getattr(targets, key)
+            if target is not None:
+                _copy_into(target, node, key)
+                setattr(result, key, target)
+                continue
+            node.SetName(scene.GenerateUniqueName(node.GetName()))
+            scene.AddNode(node)
+            added.append(node)
+            _style_new_node(key, node, plan)
+            setattr(result, key, node)
+    except Exception:
+        for node in reversed(added):
+            if node.GetScene() is scene:
+                scene.RemoveNode(node)
+        raise
+    return result

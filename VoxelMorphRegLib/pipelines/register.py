@@ -1,0 +1,313 @@
+"""Register one pair end to end, in physical space.
+
+Stages: read and check -> affine pre-alignment (SimpleITK) -> both images onto the model grid
+-> network velocity (and optional refinement) -> integration -> the displacement brought to the
+fixed image's own grid in mm and composed with the affine into ONE field -> warped image and
+labels through that field with ``sitk.Resample`` -> Jacobian, metrics, files, QC figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..checkpoint import ModelConfig, load_checkpoint
+from ..errors import CancelledError, VoxelMorphRegError
+from ..image.affine import affine_register
+from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, physical_to_flow, vector_image
+from ..image.io import ensure_output_folder, read_labels, read_volume, write_bytes, write_image
+from ..image.model_grid import orientation_of, resample_to
+from ..image.preprocessing import grid_for, image_on_grid
+from ..tensor.jacobian import folding_statistics, jacobian_determinant
+from ..tensor.refinement import refine_velocity, zero_velocity
+from .label_metrics import dice_per_label
+
+MODEL_FILE = "voxelmorphreg_v1.pt"
+# Fields are written as float64 (what sitk.DisplacementFieldTransform takes) rounded to 1/1024 mm:
+# an error below 0.0005 mm that lets gzip shrink the files about fourfold.
+FIELD_QUANTUM_MM = 1.0 / 1024
+DEFAULT_NONE_REFINEMENT = 200
+
+
+def model_search_path() -> list[Path]:
+    """Where the bundled model is looked for, first match wins."""
+    places = []
+    if os.environ.get("VOXELMORPHREG_MODEL_DIR"):
+        places.append(Path(os.environ["VOXELMORPHREG_MODEL_DIR"]))
+    places.append(Path(__file__).resolve().parents[2] / "Resources" / "Models")  # module folder / checkout
+    places.append(Path(sys.prefix) / "share" / "voxelmorphreg" / "models")  # pip install of the wheel
+    return places
+
+
+def bundled_model_path() -> Path:
+    for place in model_search_path():
+        if (place / MODEL_FILE).is_file():
+            return place / MODEL_FILE
+    searched = ", ".join(str(p) for p in model_search_path())
+    raise VoxelMorphRegError(f"bundled model {MODEL_FILE} not found (looked in {searched}); pass --model FILE or --model none")
+
+
+@dataclass
+class RegisterOptions:
+    model: str = "bundled"  # a checkpoint path, "bundled" or "none" (optimisation only)
+    device: str = "auto"
+    affine: bool = True
+    refine_iterations: int | None = 0  # None: 0 with a model, DEFAULT_NONE_REFINEMENT without
+    integration_steps: int | None = None
+    qc: bool = True
+    refine_learning_rate: float = 0.1
+    refine_smoothness: float = 1.0
+
+
+@dataclass
+class RegistrationResult:
+    warped: sitk.Image
+    displacement: sitk.Image  # fixed -> moving, on the fixed grid, LPS mm, VectorFloat64
+    inverse_displacement: sitk.Image  # moving -> fixed, on the moving grid
+    jacobian: sitk.Image
+    warped_labels: sitk.Image | None
+    affine: sitk.Transform | None
+    metrics: dict = field(default_factory=dict)
+
+
+class _Stages:
+    """Progress lines ``[ NN%] stage`` on the log and seconds per stage."""
+
+    def __init__(self, log):
+        self.log = log
+        self.seconds: dict[str, float] = {}
+        self.current = None
+        self.started = time.perf_counter()
+        self.stage_start = self.started
+
+    def start(self, name: str, percent: int, text: str):
+        self.stop()
+        self.current = name
+        self.stage_start = time.perf_counter()
+        self.log(f"[{percent:3d}%] {text}")
+
+    def stop(self):
+        if self.current:
+            self.seconds[self.current] = round(self.seconds.get(self.current, 0.0) + time.perf_counter() - self.stage_start, 3)
+            self.current = None
+
+    def total(self):
+        self.stop()
+        self.seconds["total"] = round(time.perf_counter() - self.started, 3)
+        return self.seconds
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise VoxelMorphRegError("CUDA was requested but no CUDA device is available (use --device cpu or auto)")
+        return torch.device("cuda")
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise VoxelMorphRegError(f"unknown device {requested!r}; choose auto, cpu or cuda")
+
+
+def load_model(spec: str, fixed: sitk.Image):
+    """``(network or None, config, description)`` for a model spec (path, 'bundled' or 'none')."""
+    if spec == "none":
+        config = ModelConfig(orientation=orientation_of(fixed))
+        return None, config, "none (optimisation only)"
+    path = bundled_model_path() if spec in ("bundled", "", None) else Path(spec)
+    network, config, _ = load_checkpoint(path)
+    return network, config, str(path)
+
+
+def _velocity_and_flows(network, config, moving_t, fixed_t, options, refine_iterations, device, stages, log, should_stop):
+    """Run the network (and refinement) on ``device``; returns (flow, inverse flow) as NumPy, voxel units."""
+    from ..tensor.registration_network import RegistrationNetwork
+
+    model = network if network is not None else config.build()
+    if options.integration_steps is not None:
+        model.integration_steps = int(options.integration_steps)
+    model = model.to(device).eval()
+    moving_t, fixed_t = moving_t.to(device), fixed_t.to(device)
+    shape = moving_t.shape[2:]
+    assert isinstance(model, RegistrationNetwork)
+    if network is not None:
+        stages.start("network", 40, f"network inference on {device.type.upper()}")
+        with torch.inference_mode():
+            velocity = model.unet(moving_t, fixed_t).float()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    else:
+        velocity = zero_velocity(model, shape, device)
+    if refine_iterations > 0:
+        stages.start("refine", 55, f"refinement: {refine_iterations} iterations on {device.type.upper()}")
+        step = max(1, refine_iterations // 10)
+
+        def progress(i, n, loss):
+            if i % step == 0 or i == n:
+                log(f"[{55 + int(10 * i / n):3d}%] refinement {i}/{n} loss {loss:.4f}")
+
+        velocity = refine_velocity(
+            moving_t, fixed_t, velocity, lambda v: model.flow_from_velocity(v, shape), refine_iterations,
+            smoothness_weight=options.refine_smoothness, learning_rate=options.refine_learning_rate, progress=progress, should_stop=should_stop,
+        )
+        if should_stop():
+            raise CancelledError("registration cancelled")
+    stages.start("integration", 65, "integrating the velocity field (scaling and squaring)")
+    with torch.inference_mode():
+        flow = model.flow_from_velocity(velocity, shape)
+        inverse = model.inverse_flow(velocity, shape)
+    return flow[0].cpu().numpy(), inverse[0].cpu().numpy(), model.integration_steps
+
+
+def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions | None = None, moving_labels: sitk.Image | None = None, fixed_labels: sitk.Image | None = None, log=print, should_stop=lambda: False) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed`` (both float32 SimpleITK volumes, already checked)."""
+    options = options or RegisterOptions()
+    stages = _Stages(log)
+    device = select_device(options.device)
+    stages.start("model", 5, "loading the model")
+    network, config, model_description = load_model(options.model, fixed)
+    refine_iterations = options.refine_iterations
+    if refine_iterations is None:
+        refine_iterations = DEFAULT_NONE_REFINEMENT if network is None else 0
+    if network is None and refine_iterations <= 0:
+        refine_iterations = DEFAULT_NONE_REFINEMENT
+    if refine_iterations < 0:
+        raise VoxelMorphRegError(f"--refine must be >= 0, got {refine_iterations}")
+    if options.integration_steps is not None and not 0 <= options.integration_steps <= 20:
+        raise VoxelMorphRegError(f"--integration-steps must be between 0 and 20, got {options.integration_steps}")
+
+    affine = None
+    if options.affine:
+        stages.start("affine", 10, "affine pre-alignment (SimpleITK, mutual information)")
+        affine = affine_register(fixed, moving)
+    if should_stop():
+        raise CancelledError("registration cancelled")
+
+    stages.start("model_grid", 30, "resampling both images onto the model grid")
+    grid = grid_for(fixed, config)
+    fixed_array = image_on_grid(fixed, grid, None, config)
+    moving_array = image_on_grid(moving, grid, affine, config)
+    fixed_t = torch.from_numpy(fixed_array)[None, None]
+    moving_t = torch.from_numpy(moving_array)[None, None]
+
+    used_device, fallback = device, None
+    try:
+        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refine_iterations, device, stages, log, should_stop)
+    except torch.cuda.OutOfMemoryError:
+        fallback = "CUDA ran out of memory; fell back to the CPU"
+        log(f"warning: {fallback}")
+        torch.cuda.empty_cache()
+        used_device = torch.device("cpu")
+        if network is not None:
+            network = network.cpu()
+        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refine_iterations, used_device, stages, log, should_stop)
+    if should_stop():
+        raise CancelledError("registration cancelled")
+
+    stages.start("field", 70, "composing the displacement with the affine on the fixed grid")
+    deformable = vector_image(flow_to_physical(flow, grid), grid)
+    inverse_deformable = vector_image(flow_to_physical(inverse_flow, grid), grid)
+    displacement = vector_image(_quantised(compose_on_fixed(deformable, affine, fixed)), fixed)
+    inverse_displacement = vector_image(_quantised(compose_inverse_on_moving(inverse_deformable, affine, moving)), moving)
+
+    stages.start("warp", 78, "warping the moving image (and labels) onto the fixed grid")
+    transform = displacement_transform(displacement)
+    warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    warped_labels = None
+    if moving_labels is not None:
+        warped_labels = sitk.Resample(moving_labels, fixed, transform, sitk.sitkNearestNeighbor, 0, moving_labels.GetPixelID())
+
+    stages.start("metrics", 85, "Jacobian determinant and metrics")
+    flow_fixed = torch.from_numpy(physical_to_flow(sitk.GetArrayViewFromImage(displacement), fixed)).float()[None]
+    determinant = jacobian_determinant(flow_fixed)[0]
+    jacobian = sitk.GetImageFromArray((np.round(determinant.numpy() * 4096) / 4096).astype(np.float32))
+    jacobian.CopyInformation(fixed)
+    metrics = {
+        "fixed_size": list(fixed.GetSize()),
+        "fixed_spacing": list(fixed.GetSpacing()),
+        "moving_size": list(moving.GetSize()),
+        "model": model_description,
+        "model_grid": {"size": list(grid.GetSize()), "spacing": list(grid.GetSpacing()), "orientation": config.orientation},
+        "device": used_device.type,
+        "device_name": torch.cuda.get_device_name(0) if used_device.type == "cuda" else "CPU",
+        "affine": options.affine,
+        "refine_iterations": refine_iterations,
+        "integration_steps": steps,
+        **folding_statistics(determinant),
+    }
+    if fallback:
+        metrics["fallback"] = fallback
+    if affine is not None:
+        matrix = np.array(affine.GetMatrix()).reshape(3, 3)
+        metrics["affine_matrix"] = matrix.round(5).tolist()
+        metrics["affine_translation_mm"] = np.round(affine.GetTranslation(), 3).tolist()
+    if fixed_labels is not None and moving_labels is not None:
+        metrics["dice"] = _dice_report(fixed_labels, moving_labels, affine, warped_labels)
+    metrics["seconds"] = stages.total()
+    return RegistrationResult(warped, displacement, inverse_displacement, jacobian, warped_labels, affine, metrics)
+
+
+def _quantised(field: np.ndarray) -> np.ndarray:
+    return np.round(field / FIELD_QUANTUM_MM) * FIELD_QUANTUM_MM
+
+
+def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
+    fixed_array = sitk.GetArrayViewFromImage(fixed_labels)
+    before = sitk.GetArrayViewFromImage(resample_to(moving_labels, fixed_labels, None, labels=True))
+    after = sitk.GetArrayViewFromImage(warped_labels)
+    labels = sorted(set(np.unique(fixed_array).tolist()) & set(np.unique(sitk.GetArrayViewFromImage(moving_labels)).tolist()) - {0})
+    report = {"labels": labels}
+    stages = [("before", before), ("after", after)]
+    if affine is not None:
+        stages.insert(1, ("affine", sitk.GetArrayViewFromImage(resample_to(moving_labels, fixed_labels, affine, labels=True))))
+    for name, array in stages:
+        scores = dice_per_label(array, fixed_array, labels)
+        report[name] = {str(k): round(v, 4) for k, v in scores.items()}
+        report[f"mean_{name}"] = round(float(np.mean(list(scores.values()))), 4) if scores else None
+    return report
+
+
+def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False) -> RegistrationResult:
+    """Read, register and write every output into ``out_dir`` (see README: Outputs)."""
+    options = options or RegisterOptions()
+    started = time.perf_counter()
+    log("[  0%] reading the images")
+    out = ensure_output_folder(out_dir)
+    fixed = read_volume(fixed_path, name=f"fixed image {fixed_path}")
+    moving = read_volume(moving_path, name=f"moving image {moving_path}")
+    moving_label_image = read_labels(moving_labels, reference=moving, name=f"moving labels {moving_labels}") if moving_labels else None
+    fixed_label_image = read_labels(fixed_labels, reference=fixed, name=f"fixed labels {fixed_labels}") if fixed_labels else None
+    read_seconds = time.perf_counter() - started
+    result = register_images(fixed, moving, options, moving_label_image, fixed_label_image, log, should_stop)
+
+    log("[ 90%] writing the results")
+    write_started = time.perf_counter()
+    write_image(result.warped, out / "warped.nii.gz")
+    if result.warped_labels is not None:
+        write_image(result.warped_labels, out / "warped_labels.nii.gz")
+    write_image(result.displacement, out / "displacement.nii.gz")
+    write_image(result.inverse_displacement, out / "inverse_displacement.nii.gz")
+    write_image(result.jacobian, out / "jacobian.nii.gz")
+    seconds = result.metrics["seconds"]
+    seconds["write"] = round(time.perf_counter() - write_started, 3)
+    if options.qc:
+        log("[ 95%] drawing qc.png")
+        qc_started = time.perf_counter()
+        from .qc_figure import draw_qc
+
+        write_bytes(draw_qc(fixed, moving, result), out / "qc.png")
+        seconds["qc"] = round(time.perf_counter() - qc_started, 3)
+    seconds["read"] = round(read_seconds, 3)
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    result.metrics["inputs"] = {"fixed": str(fixed_path), "moving": str(moving_path), "moving_labels": moving_labels and str(moving_labels), "fixed_labels": fixed_labels and str(fixed_labels)}
+    write_bytes(json.dumps(result.metrics, indent=2).encode(), out / "metrics.json")
+    log("[100%] done")
+    return result
