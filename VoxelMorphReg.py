@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
-import ctk
 import qt
 import vtk
 
@@ -225,6 +224,8 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.setItemData(combo.count - 1, tip, qt.Qt.ToolTipRole)
             index = combo.findData(self._parameterNode.model)
             combo.currentIndex = index if index >= 0 else 0
+            if index < 0:  # e.g. a scene saved with a checkpoint that is no longer listed
+                self._parameterNode.model = combo.itemData(combo.currentIndex)
         finally:
             self._updatingModels = False
 
@@ -350,6 +351,12 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Error: {message}").format(message=exc)
             slicer.util.errorDisplay(_("Registration could not start: {message}").format(message=exc))
             return None
+        except Exception as exc:  # e.g. pip failing while installing dependencies
+            logging.exception("VoxelMorphReg: registration could not start")
+            self._runner = None
+            self.ui.statusLabel.text = _("Error: {message}").format(message=exc)
+            slicer.util.errorDisplay(_("Registration could not start: {message}").format(message=exc), detailedText=str(exc))
+            return None
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
         self.ui.statusLabel.text = _("Starting...")
@@ -383,8 +390,7 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
         else:
             self.ui.statusLabel.text = _("Error: {message}").format(message=runner.error)
-            if not slicer.app.testingEnabled():
-                slicer.util.errorDisplay(_("Registration failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
+            slicer.util.errorDisplay(_("Registration failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
         self.updateGUIFromParameterNode()
 
 
@@ -547,13 +553,21 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         runner.start()
         if not wait:
             return runner
-        return runner.wait()
+        if getattr(slicer, "app", None) is not None:
+            # Blocking for the caller, but the application keeps drawing (progress, views).
+            import time
+
+            while not runner.poll():
+                slicer.app.processEvents()
+                time.sleep(0.05)
+        return runner.wait()  # the result, or the engine's error raised as VoxelMorphRegError
 
     def showResult(self, result, fixedNode, movingSegmentation=None, opacity=0.5) -> None:
         """Fixed volume behind, warped volume in front at ``opacity``, warped segmentation as outlines, views fitted."""
         from VoxelMorphRegLib.mrml import views
 
-        layoutManager = slicer.app.layoutManager() if hasattr(slicer.app, "layoutManager") else None
+        app = getattr(slicer, "app", None)
+        layoutManager = app.layoutManager() if app is not None and hasattr(app, "layoutManager") else None
         sliceLogics = layoutManager.mrmlSliceLogics() if layoutManager is not None else None
         hidden = [movingSegmentation] if movingSegmentation is not None and movingSegmentation.IsA("vtkMRMLSegmentationNode") else []
         views.show_registration(slicer.mrmlScene, fixedNode, result.warped_volume, result.segmentation, opacity, sliceLogics, hidden)

@@ -261,7 +261,9 @@ def test_existing_output_nodes_are_reused(setup):
     assert result.warped_volume is target and result.table is table
     assert target.GetImageData().GetDimensions() == setup["fixed"].GetImageData().GetDimensions()
     assert table.GetNumberOfRows() > 0
-    assert new_node_classes(scene, before) == ["vtkMRMLGridTransformNode"]
+    # Only the transform is new, plus a display node for the target volume, which had none.
+    assert new_node_classes(scene, before) == ["vtkMRMLGridTransformNode", "vtkMRMLScalarVolumeDisplayNode"]
+    assert target.GetDisplayNode() is not None
 
 
 def test_engine_error_leaves_scene_unchanged(setup, monkeypatch):

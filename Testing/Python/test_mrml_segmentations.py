@@ -151,3 +151,26 @@ def test_empty_segmentation_is_refused(scene):
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     with pytest.raises(VoxelMorphRegError, match="no segments"):
         seg.segmentation_to_label_array(node, reference)
+
+
+def test_closed_surface_segmentation_exported_without_changing_the_input(scene):
+    """A segmentation whose source is a closed surface is converted on a copy."""
+    import vtk
+
+    reference = oblique_reference(scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surface seg")
+    sphere = vtk.vtkSphereSource()
+    centre = volumes.ijk_to_ras(reference) @ np.array([10.0, 9.0, 6.0, 1.0])
+    sphere.SetCenter(*centre[:3])
+    sphere.SetRadius(6.0)
+    sphere.SetPhiResolution(24)
+    sphere.SetThetaResolution(24)
+    sphere.Update()
+    seg.ensure_segmentation_converters()
+    node.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    node.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), "Ball", [0.9, 0.1, 0.1])
+    assert not node.GetSegmentation().ContainsRepresentation(seg.BINARY_LABELMAP)
+    array, infos = seg.segmentation_to_label_array(node, reference)
+    assert [i.name for i in infos] == ["Ball"]
+    assert (array == 1).sum() > 50 and array[6, 9, 10] == 1
+    assert not node.GetSegmentation().ContainsRepresentation(seg.BINARY_LABELMAP)

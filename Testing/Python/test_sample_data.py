@@ -123,6 +123,15 @@ def test_licence_notice_ships_with_the_project():
     assert "above copyright notice appear in all copies" in text
     assert sample_data.TEMPLATE_FILE in text
     assert sample_data.notice_text() == text
+    # The built-in fallback (for installs without Resources/) is the same notice, word for word.
+    assert " ".join(sample_data.TEMPLATE_NOTICE.split()) in " ".join(text.split())
+
+
+def test_notice_is_available_without_the_resource_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(sample_data, "NOTICE_FILE", tmp_path / "absent.txt")
+    monkeypatch.setattr(sample_data.sys, "prefix", str(tmp_path))
+    text = sample_data.notice_text()
+    assert sample_data.TEMPLATE_NOTICE in text and sample_data.TEMPLATE_FILE in text
 
 
 @needs_nilearn

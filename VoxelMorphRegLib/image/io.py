@@ -15,15 +15,15 @@ from ..errors import VoxelMorphRegError
 _LABEL_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64}
 
 
-def _read_any(path: Path) -> sitk.Image:
+def _read_any(path: Path, name: str) -> sitk.Image:
     if not path.exists():
-        raise VoxelMorphRegError(f"{path}: no such file or folder")
+        raise VoxelMorphRegError(f"{name}: no such file or folder")
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
             series = reader.GetGDCMSeriesIDs(str(path))
             if not series:
-                raise VoxelMorphRegError(f"{path}: folder holds no DICOM series")
+                raise VoxelMorphRegError(f"{name}: folder holds no DICOM series")
             files = reader.GetGDCMSeriesFileNames(str(path), series[0])
             reader.SetFileNames(files)
             return reader.Execute()
@@ -32,7 +32,7 @@ def _read_any(path: Path) -> sitk.Image:
         raise
     except RuntimeError as exc:
         first = next((line.strip() for line in str(exc).splitlines() if "ERROR" in line or "Could not" in line or "Unable" in line), "")
-        raise VoxelMorphRegError(f"{path}: cannot be read as an image ({first or 'unknown format or corrupt file'})") from None
+        raise VoxelMorphRegError(f"{name}: cannot be read as an image ({first or 'unknown format or corrupt file'})") from None
 
 
 def check_volume(image: sitk.Image, name: str) -> None:
@@ -62,7 +62,7 @@ def read_volume(path, name: str | None = None) -> sitk.Image:
     """Read a 3D scalar volume (any ITK format or a DICOM folder) as float32, with checks."""
     path = Path(path)
     name = name or str(path)
-    image = _read_any(path)
+    image = _read_any(path, name)
     # A 4D file with one volume, or a 3D file stored as 4D with a singleton, is common.
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
@@ -74,7 +74,7 @@ def read_labels(path, reference: sitk.Image | None = None, name: str | None = No
     """Read an integer label map; with ``reference``, require the same grid as that image."""
     path = Path(path)
     name = name or str(path)
-    image = _read_any(path)
+    image = _read_any(path, name)
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:

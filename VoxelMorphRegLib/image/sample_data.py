@@ -14,6 +14,7 @@ T1, holes filled, largest connected piece kept.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,20 @@ from ..errors import VoxelMorphRegError
 
 TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 TEMPLATE_NAME = "MNI ICBM152 2009a nonlinear symmetric T1 template (copy shipped with nilearn)"
-NOTICE_FILE = Path(__file__).resolve().parents[2] / "Resources" / "NOTICE-MNI152.txt"
+NOTICE_NAME = "NOTICE-MNI152.txt"
+NOTICE_FILE = Path(__file__).resolve().parents[2] / "Resources" / NOTICE_NAME  # checkout / Slicer module
+# The notice's own words, used when Resources/ is not installed (e.g. a wheel without data files),
+# so that the copies the demo writes always travel with it.
+TEMPLATE_NOTICE = (
+    "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal\n"
+    "Neurological Institute, McGill University. Permission to use, copy, modify, and distribute\n"
+    "this software and its documentation for any purpose and without fee is hereby granted,\n"
+    "provided that the above copyright notice appear in all copies. The authors and McGill\n"
+    "University make no representations about the suitability of this software for any\n"
+    "purpose. It is provided \"as is\" without express or implied warranty. The authors are not\n"
+    "responsible for any data loss, equipment damage, property loss, or injury to subjects or\n"
+    "patients resulting from the use or misuse of this software package.\n"
+)
 
 _INSTALL_HINT = "install nilearn (`pip install nilearn`, the project's 'demo' extra), which ships the sample brain; nothing is downloaded at run time"
 
@@ -121,8 +135,10 @@ def load_template(margin_mm: float = 8.0, spacing: float | None = None, high_per
 
 
 def notice_text() -> str:
-    """The template's copyright/licence notice (empty if the resource file is not installed)."""
-    try:
-        return NOTICE_FILE.read_text(encoding="utf-8")
-    except OSError:
-        return ""
+    """The template's copyright/licence notice: ``Resources/NOTICE-MNI152.txt`` where installed, else its core text."""
+    for path in (NOTICE_FILE, Path(sys.prefix) / "share" / "voxelmorphreg" / NOTICE_NAME):
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+    return f"Sample brain: {TEMPLATE_NAME}, file {TEMPLATE_FILE}.\n\n{TEMPLATE_NOTICE}"

@@ -23,7 +23,7 @@ from ..errors import VoxelMorphRegError
 from .segmentations import LabelInfo, new_segmentation_from_labels
 from .tables import new_metrics_table, read_metrics
 from .transforms import grid_transform_node_from_displacement, read_displacement
-from .volumes import ijk_to_ras_from_sitk, same_geometry, sitk_to_volume
+from .volumes import same_geometry, sitk_to_volume
 
 WARPED = "warped.nii.gz"
 WARPED_LABELS = "warped_labels.nii.gz"
@@ -222,6 +222,8 @@ def commit_outputs(scene, staged: dict, targets: OutputTargets | None, plan: Imp
             target = getattr(targets, key)
             if target is not None:
                 _copy_into(target, node, key)
+                if key in ("warped_volume", "jacobian", "segmentation") and target.GetDisplayNode() is None and target.GetScene() is not None:
+                    target.CreateDefaultDisplayNodes()
                 setattr(result, key, target)
                 continue
             node.SetName(scene.GenerateUniqueName(node.GetName()))

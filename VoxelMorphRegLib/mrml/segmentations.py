@@ -130,9 +130,14 @@ def segmentation_to_label_array(segmentation_node, reference_volume, values: dic
     if values:
         for info in infos:
             info.value = int(values.get(info.segment_id, info.value))
-    segmentation = segmentation_node.GetSegmentation()
-    if not segmentation.ContainsRepresentation(BINARY_LABELMAP):
-        if not segmentation.CreateRepresentation(BINARY_LABELMAP):
+    source_node = segmentation_node
+    if not segmentation_node.GetSegmentation().ContainsRepresentation(BINARY_LABELMAP):
+        # Convert a copy, so the input segmentation (e.g. closed-surface source) is left as it is.
+        # A copy outside the scene cannot keep a parent transform; then the input is converted.
+        if segmentation_node.GetParentTransformNode() is None:
+            source_node = slicer.vtkMRMLSegmentationNode()
+            source_node.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
+        if not source_node.GetSegmentation().CreateRepresentation(BINARY_LABELMAP):
             raise VoxelMorphRegError(f"{segmentation_node.GetName()}: cannot be converted to a binary label map")
     segment_ids = vtk.vtkStringArray()
     label_values = vtk.vtkIntArray()
@@ -141,7 +146,7 @@ def segmentation_to_label_array(segmentation_node, reference_volume, values: dic
         label_values.InsertNextValue(info.value)
     merged = slicer.vtkOrientedImageData()
     slicer.vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry(
-        segmentation_node, reference_volume, segment_ids, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, merged, label_values
+        source_node, reference_volume, segment_ids, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, merged, label_values
     )
     size = volume_size(reference_volume)
     array = _oriented_image_to_array(merged)

@@ -49,9 +49,7 @@ def prepare_inputs(out, seed: int = 0, max_displacement_mm: float = 6.0, sample_
         "true_displacement": write_image(pair.truth, inputs / "true_displacement.nii.gz"),
         "brain_mask": write_image(mask, inputs / "brain_mask.nii.gz"),
     }
-    notice = notice_text()
-    if notice:
-        write_bytes(notice.encode("utf-8"), inputs / "NOTICE-MNI152.txt")
+    write_bytes(notice_text().encode("utf-8"), inputs / "NOTICE-MNI152.txt")
     return {"paths": paths, "fixed": fixed, "mask": mask, "truth": pair.truth, "synthesis": pair.info}
 
 

@@ -32,7 +32,7 @@ from ..image.io import ensure_output_folder, read_labels, read_volume
 from ..image.preprocessing import grid_for, image_on_grid, labels_on_grid
 from ..tensor.losses import ImageSimilarity, LabelDice, Smoothness, one_hot
 from ..tensor.synthesis import corrupt_intensity, image_from_labels, random_deformation
-from ..tensor.warping import warp, warp_labels
+from ..tensor.warping import resize_flow, warp, warp_labels
 from .label_metrics import dice_per_label
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -201,8 +201,11 @@ class PairSampler:
             if augment:
                 image = corrupt_intensity(image.cpu(), generator=self.generator).to(self.device)
         if augment and self.augment_voxels > 0:
-            flow, _ = random_deformation(image.shape[2:], self.augment_voxels, generator=self.generator)
-            flow = flow.to(self.device)
+            # drawn and integrated on a half-resolution grid (it is smooth), then upsampled
+            shape = image.shape[2:]
+            half = [max(2, n // 2) for n in shape]
+            flow, _ = random_deformation(half, self.augment_voxels / 2, control_spacing=8.0, generator=self.generator)
+            flow = resize_flow(flow, shape).to(self.device)
             image = warp(image, flow)
             if labels is not None:
                 labels = warp(labels.float(), flow, mode="nearest").long()
@@ -240,8 +243,10 @@ def validate(network, pairs, device, eval_labels) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def _shared_labels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _shared_labels(a: torch.Tensor, b: torch.Tensor, restrict=None) -> torch.Tensor:
     common = np.intersect1d(torch.unique(a).cpu().numpy(), torch.unique(b).cpu().numpy())
+    if restrict:
+        common = np.intersect1d(common, np.asarray(restrict))
     return torch.from_numpy(common[common != 0])
 
 
@@ -309,7 +314,7 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
             loss = sim + options.smoothness_weight * smooth
             dice_value = torch.zeros(())
             if options.dice_weight > 0 and moving_labels is not None and fixed_labels is not None:
-                values = _shared_labels(moving_labels, fixed_labels)
+                values = _shared_labels(moving_labels, fixed_labels, options.eval_labels)
                 if values.numel():
                     warped_one_hot = warp(one_hot(moving_labels, values), output.flow)
                     dice_value = dice_loss(warped_one_hot, one_hot(fixed_labels, values))
@@ -332,17 +337,17 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
                     provenance.update({"best_step": step, "best_validation_dice": round(best, 4)})
                     config.training = provenance
                     save_checkpoint(best_path, network, config)
-            writer.writerow([step, f"{loss.item():.5f}", f"{sim.item():.5f}", f"{smooth.item():.5f}", f"{float(dice_value):.5f}", f"{scheduler.get_last_lr()[0]:.3g}", f"{rate:.3f}", "" if val_dice == "" else f"{val_dice:.4f}"])
+            writer.writerow([step, f"{loss.item():.5f}", f"{sim.item():.5f}", f"{smooth.item():.5f}", f"{dice_value.item():.5f}", f"{scheduler.get_last_lr()[0]:.3g}", f"{rate:.3f}", "" if val_dice == "" else f"{val_dice:.4f}"])
             if board:
                 board.add_scalar("loss/total", loss.item(), step)
                 board.add_scalar("loss/similarity", sim.item(), step)
                 board.add_scalar("loss/smoothness", smooth.item(), step)
-                board.add_scalar("loss/dice", float(dice_value), step)
+                board.add_scalar("loss/dice", dice_value.item(), step)
             if step % 10 == 0 or val_dice != "" or step == options.steps:
                 log_file.flush()
                 eta = rate * (options.steps - step)
                 extra = f" val_dice={val_dice:.4f} (best {best:.4f})" if val_dice != "" else ""
-                log(f"step {step}/{options.steps} loss={loss.item():.4f} sim={sim.item():.4f} smooth={smooth.item():.4f} dice={float(dice_value):.4f} {rate:.2f} s/step eta {eta / 60:.0f} min{extra}")
+                log(f"step {step}/{options.steps} loss={loss.item():.4f} sim={sim.item():.4f} smooth={smooth.item():.4f} dice={dice_value.item():.4f} {rate:.2f} s/step eta {eta / 60:.0f} min{extra}")
             if step % options.checkpoint_every == 0 or step == options.steps:
                 _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
     except KeyboardInterrupt:

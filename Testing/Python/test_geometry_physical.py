@@ -1,0 +1,153 @@
+"""GEOMETRY.md in the image layer: voxel flows to LPS mm, the fixed-to-moving direction, the affine composition.
+
+Each test here fails if one convention is broken: [k, j, i] channel order, grid_sample's
+(x, y, z) order, spacing or direction left out, displacement sign, composition order.
+"""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import blob_volume, rotation
+
+from VoxelMorphRegLib.image.displacement import (
+    compose_inverse_on_moving,
+    compose_on_fixed,
+    displacement_transform,
+    flow_to_physical,
+    index_to_physical_matrix,
+    physical_points,
+    physical_to_flow,
+    vector_image,
+)
+from VoxelMorphRegLib.image.model_grid import model_grid, orientation_of
+from VoxelMorphRegLib.tensor.synthesis import random_velocity
+from VoxelMorphRegLib.tensor.integration import integrate_velocity
+from VoxelMorphRegLib.tensor.warping import warp
+
+
+def smooth_flow(shape, magnitude=2.5, seed=1):
+    velocity = random_velocity(shape, magnitude, control_spacing=8.0, generator=torch.Generator().manual_seed(seed))
+    return integrate_velocity(velocity)[0].numpy()
+
+
+def test_one_voxel_step_along_i_is_the_first_direction_column_times_spacing(oblique_image):
+    flow = np.zeros((3, *oblique_image.GetSize()[::-1]))
+    flow[2] = 1.0  # channel 2 is i
+    field = flow_to_physical(flow, oblique_image)
+    direction = np.array(oblique_image.GetDirection()).reshape(3, 3)
+    assert np.allclose(field[0, 0, 0], direction[:, 0] * oblique_image.GetSpacing()[0])
+    flow[:] = 0
+    flow[0] = 1.0  # channel 0 is k
+    assert np.allclose(flow_to_physical(flow, oblique_image)[3, 4, 5], direction[:, 2] * oblique_image.GetSpacing()[2])
+    assert np.allclose(physical_to_flow(flow_to_physical(flow, oblique_image), oblique_image), flow)
+
+
+def test_physical_points_match_simpleitk(oblique_image):
+    points = physical_points(oblique_image)
+    for index in [(0, 0, 0), (5, 7, 3), (35, 31, 27)]:
+        i, j, k = index
+        assert np.allclose(points[k, j, i], oblique_image.TransformIndexToPhysicalPoint(index))
+
+
+def test_tensor_warp_equals_itk_resample_through_the_physical_field(oblique_image):
+    """The network's warp and ITK's DisplacementFieldTransform agree on an oblique, anisotropic grid."""
+    shape = oblique_image.GetSize()[::-1]
+    flow = smooth_flow(shape)
+    image = torch.from_numpy(sitk.GetArrayFromImage(oblique_image))[None, None]
+    ours = warp(image, torch.from_numpy(flow)[None].float())[0, 0].numpy()
+    field = vector_image(flow_to_physical(flow, oblique_image), oblique_image)
+    theirs = sitk.GetArrayFromImage(sitk.Resample(oblique_image, oblique_image, displacement_transform(field), sitk.sitkLinear, 0.0))
+    assert np.abs(flow).max() > 2.0
+    assert np.allclose(ours, theirs, atol=1e-4)
+    # and a sign error would be caught: the opposite field gives a clearly different image
+    wrong = sitk.GetArrayFromImage(sitk.Resample(oblique_image, oblique_image, displacement_transform(vector_image(-flow_to_physical(flow, oblique_image), oblique_image)), sitk.sitkLinear, 0.0))
+    assert np.abs(wrong - ours).max() > 0.1
+
+
+def affine_transform(seed=0):
+    rng = np.random.default_rng(seed)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix((rotation(0.1, -0.05, 0.08) @ np.diag([1.05, 0.95, 1.02])).flatten().tolist())
+    transform.SetCenter(rng.normal(0, 10, 3).tolist())
+    transform.SetTranslation([3.0, -2.0, 4.0])
+    return transform
+
+
+def test_composed_field_applies_deformation_then_affine(oblique_image):
+    """T(p) = A(p + d(p)): ITK's CompositeTransform([A, D]) applies D first, then A."""
+    grid = oblique_image
+    d_field = vector_image(flow_to_physical(smooth_flow(grid.GetSize()[::-1]), grid), grid)
+    affine = affine_transform()
+    composed = compose_on_fixed(d_field, affine, oblique_image)
+    reference = sitk.CompositeTransform([affine, displacement_transform(d_field)])
+    points = physical_points(oblique_image)
+    for index in [(4, 5, 6), (18, 16, 14), (30, 25, 20)]:
+        i, j, k = index
+        p = points[k, j, i]
+        assert np.allclose(p + composed[k, j, i], reference.TransformPoint(p.tolist()), atol=1e-6)
+
+
+def test_inverse_field_maps_moving_points_back(oblique_image):
+    """T(T_inv(q)) = q: the inverse field (on the moving grid) undoes the composed forward field."""
+    grid = oblique_image
+    velocity = random_velocity(grid.GetSize()[::-1], 2.0, control_spacing=10.0, generator=torch.Generator().manual_seed(3))
+    forward = integrate_velocity(velocity)[0].numpy()
+    inverse = integrate_velocity(-velocity)[0].numpy()
+    affine = affine_transform(1)
+    affine.SetCenter(physical_points(grid)[14, 16, 18].tolist())
+    affine.SetTranslation([1.0, -1.0, 0.5])
+    forward_field = vector_image(compose_on_fixed(vector_image(flow_to_physical(forward, grid), grid), affine, grid), grid)
+    moving = blob_volume(size=(36, 32, 28), spacing=(1.0, 1.1, 1.2), direction=rotation(0.32, -0.18, 0.52), origin=(10.5, -19.0, 5.5))
+    inverse_array = compose_inverse_on_moving(vector_image(flow_to_physical(inverse, grid), grid), affine, moving)
+    T = displacement_transform(forward_field)
+    moving_points = physical_points(moving)
+    errors = []
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        k, j, i = (rng.integers(0, n) for n in moving_points.shape[:3])
+        q = moving_points[k, j, i]
+        p = q + inverse_array[k, j, i]  # the fixed point of q
+        continuous = np.array(grid.TransformPhysicalPointToContinuousIndex(p.tolist()))
+        if np.all(continuous > 4) and np.all(continuous < np.array(grid.GetSize()) - 5):
+            errors.append(np.linalg.norm(np.array(T.TransformPoint(p.tolist())) - q))
+    assert len(errors) > 30
+    assert np.max(errors) < 0.2 and np.mean(errors) < 0.05  # mm, displacements up to ~3 mm
+
+
+def test_model_grid_covers_the_fixed_image_in_the_model_orientation(oblique_image):
+    grid = model_grid(oblique_image, (2.0, 2.0, 2.0), "LIA", 16)
+    assert orientation_of(grid) == "LIA"
+    assert all(n % 16 == 0 for n in grid.GetSize())
+    from VoxelMorphRegLib.image.model_grid import physical_corners
+
+    inside = [grid.TransformPhysicalPointToContinuousIndex(c.tolist()) for c in physical_corners(oblique_image)]
+    assert np.all(np.array(inside) >= -0.5 - 1e-6) and np.all(np.array(inside) <= np.array(grid.GetSize()) - 0.5 + 1e-6)
+
+
+def test_model_grid_of_the_atlas_space_is_the_atlas_grid_at_half_resolution():
+    image = sitk.Image([160, 192, 224], sitk.sitkFloat32)
+    image.SetDirection([1, 0, 0, 0, 0, -1, 0, -1, 0])
+    image.SetOrigin((-80.0, 112.0, 96.0))
+    grid = model_grid(image, (2.0, 2.0, 2.0), "LIA", 16)
+    assert grid.GetSize() == (80, 96, 112)
+    # the first model voxel centre sits half a model voxel inside the atlas corner
+    assert np.allclose(grid.GetOrigin(), np.array(image.TransformContinuousIndexToPhysicalPoint((0.5, 0.5, 0.5))))
+
+
+def test_nifti_displacement_holds_lps_vectors_for_other_readers(tmp_path, oblique_image):
+    """A field written by SimpleITK reads back in nibabel as a vector intent with the same LPS values (ANTs' convention)."""
+    nib = pytest.importorskip("nibabel")
+    field = np.zeros((*oblique_image.GetSize()[::-1], 3))
+    field[..., 0], field[..., 1], field[..., 2] = 1.5, -2.5, 0.25  # LPS mm
+    path = tmp_path / "displacement.nii.gz"
+    sitk.WriteImage(vector_image(field, oblique_image), str(path))
+    img = nib.load(str(path))
+    assert img.header.get_intent()[0] == "vector"
+    data = np.asarray(img.dataobj)
+    assert data.shape == (*oblique_image.GetSize(), 1, 3)
+    assert np.allclose(data[3, 4, 5, 0], [1.5, -2.5, 0.25])
+    back = sitk.ReadImage(str(path))
+    assert back.GetNumberOfComponentsPerPixel() == 3
+    assert np.allclose(sitk.GetArrayFromImage(back)[5, 4, 3], [1.5, -2.5, 0.25])
+    assert np.allclose(index_to_physical_matrix(back), index_to_physical_matrix(oblique_image), atol=1e-5)
