@@ -54,7 +54,7 @@ def garbage(path):
         (lambda t: write(t, "flat.nii.gz", np.random.rand(20, 20).astype(np.float32)), "is 2D"),
         (lambda t: write(t, "vector.nii.gz", np.random.rand(8, 8, 8, 3).astype(np.float32)), "3 components per voxel"),
         (lambda t: write(t, "constant.nii.gz", np.full((8, 8, 8), 5, np.float32)), "constant"),
-        (lambda t: write(t, "nan.nii.gz", np.where(np.random.rand(8, 8, 8) > 0.9, np.nan, 1.0).astype(np.float32)), "NaN"),
+        (lambda t: write(t, "nan.mha", np.where(np.random.rand(8, 8, 8) > 0.9, np.nan, 1.0).astype(np.float32)), "NaN"),
         (lambda t: t / "missing.nii.gz", "no such file"),
         (lambda t: garbage(t / "garbage.nii.gz"), "cannot be read"),
     ],

@@ -25,6 +25,8 @@ import SimpleITK as sitk
 import torch
 
 from ..tensor.integration import integrate_velocity
+from .displacement import flow_to_physical, index_to_physical_matrix, vector_image
+from .io import same_grid
 from ..tensor.synthesis import add_noise, bias_field, gamma_intensity, random_velocity
 from ..tensor.warping import warp
 
@@ -35,11 +37,6 @@ class SyntheticPair(NamedTuple):
     info: dict  # settings and measured |truth| (JSON-ready)
 
 
-def _index_to_physical(image: sitk.Image) -> np.ndarray:
-    """``D @ diag(spacing)``: the LPS mm offset of one voxel step along i, j, k (columns)."""
-    return np.array(image.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(image.GetSpacing())
-
-
 def flow_to_displacement(flow: torch.Tensor | np.ndarray, reference: sitk.Image) -> sitk.Image:
     """Voxel flow ``[1, 3(k,j,i), K, J, I]`` (or ``[3, K, J, I]``) on ``reference``'s grid -> LPS mm vector image."""
     array = flow.detach().cpu().numpy() if isinstance(flow, torch.Tensor) else np.asarray(flow)
@@ -47,11 +44,7 @@ def flow_to_displacement(flow: torch.Tensor | np.ndarray, reference: sitk.Image)
         array = array[0]
     if array.shape[0] != 3 or tuple(array.shape[1:]) != tuple(reference.GetSize()[::-1]):
         raise ValueError(f"flow of shape {array.shape} does not fit grid of size {reference.GetSize()}")
-    flow_ijk = np.moveaxis(array.astype(np.float64)[::-1], 0, -1)  # [K, J, I, 3(i, j, k)]
-    physical = flow_ijk @ _index_to_physical(reference).T  # [K, J, I, 3(x, y, z LPS)]
-    image = sitk.GetImageFromArray(np.ascontiguousarray(physical), isVector=True)
-    image.CopyInformation(reference)
-    return image
+    return vector_image(flow_to_physical(array, reference), reference)
 
 
 def _field_array(field, reference: sitk.Image | None = None) -> np.ndarray:
@@ -59,20 +52,11 @@ def _field_array(field, reference: sitk.Image | None = None) -> np.ndarray:
     if isinstance(field, sitk.Image):
         if field.GetNumberOfComponentsPerPixel() != 3:
             raise ValueError(f"displacement field has {field.GetNumberOfComponentsPerPixel()} components; 3 are needed")
-        if reference is not None and not _same_grid(field, reference):
+        if reference is not None and not same_grid(field, reference, tolerance=1e-4):
             # Vectors are physical (LPS mm), so only positions are resampled, not components.
             field = sitk.Resample(field, reference, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
         return sitk.GetArrayFromImage(field).astype(np.float64)
     return np.asarray(field, dtype=np.float64)
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
-    )
 
 
 def _mask_array(mask, shape) -> np.ndarray:
@@ -150,7 +134,7 @@ def make_synthetic_pair(
     spacing_kji = np.array(fixed.GetSpacing()[::-1], dtype=float)
     shape = tuple(fixed.GetSize()[::-1])
     generator = torch.Generator().manual_seed(int(seed))
-    matrix = torch.tensor(_index_to_physical(fixed), dtype=torch.float32)
+    matrix = torch.tensor(index_to_physical_matrix(fixed), dtype=torch.float32)
     region = torch.from_numpy(_mask_array(mask, shape)) if mask is not None else torch.ones(shape, dtype=torch.bool)
     if not bool(region.any()):
         region = torch.ones(shape, dtype=torch.bool)
