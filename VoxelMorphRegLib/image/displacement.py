@@ -23,10 +23,10 @@ def flow_to_physical(flow_kji: np.ndarray, grid: sitk.Image) -> np.ndarray:
     return flow_ijk @ index_to_physical_matrix(grid).T
 
 
-def physical_to_flow(field_xyz: np.ndarray, grid: sitk.Image) -> np.ndarray:
+def physical_to_flow(field_xyz: np.ndarray, grid: sitk.Image, dtype=np.float64) -> np.ndarray:
     """Inverse of :func:`flow_to_physical`: ``[K, J, I, 3]`` mm -> ``[3(k,j,i), K, J, I]`` voxels."""
-    flow_ijk = np.asarray(field_xyz, dtype=np.float64) @ np.linalg.inv(index_to_physical_matrix(grid)).T
-    return np.moveaxis(flow_ijk, -1, 0)[::-1].copy()
+    flow_ijk = np.asarray(field_xyz, dtype=dtype) @ np.linalg.inv(index_to_physical_matrix(grid)).T.astype(dtype)
+    return np.ascontiguousarray(np.moveaxis(flow_ijk, -1, 0)[::-1])
 
 
 def vector_image(field_xyz: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -57,35 +57,43 @@ def affine_parts(transform: sitk.Transform | None) -> tuple[np.ndarray, np.ndarr
     return matrix, centre + translation - matrix @ centre
 
 
+def _affine_transform(matrix: np.ndarray, offset: np.ndarray) -> sitk.AffineTransform:
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(np.asarray(matrix, dtype=float).flatten().tolist())
+    transform.SetTranslation(np.asarray(offset, dtype=float).tolist())
+    return transform
+
+
+def _sampled_field(transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
+    """``[K, J, I, 3]`` displacement ``transform(p) - p`` at ``reference``'s voxels (ITK, multi-threaded)."""
+    field = sitk.TransformToDisplacementField(
+        transform, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection()
+    )
+    return sitk.GetArrayFromImage(field)
+
+
 def compose_on_fixed(deformable: sitk.Image | None, affine: sitk.Transform | None, fixed: sitk.Image) -> np.ndarray:
     """Field ``[K, J, I, 3]`` of ``p -> A(p + d(p)) - p`` on ``fixed``'s grid: one field for both stages.
 
     ``deformable`` is the physical field ``d`` (vector image on any grid covering the fixed
-    image, e.g. the model grid), ``affine`` the fixed-to-moving affine ``A``.
+    image, e.g. the model grid; zero outside it), ``affine`` the fixed-to-moving affine ``A``.
+    ITK's composite transform applies the last transform added first: ``[A, d]`` is ``A o (id + d)``.
     """
-    points = physical_points(fixed)
-    if deformable is not None:
-        sampled = sitk.Resample(deformable, fixed, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
-        moved = points + sitk.GetArrayFromImage(sampled)
-    else:
-        moved = points
     matrix, offset = affine_parts(affine)
-    return (moved @ matrix.T + offset - points).astype(np.float64)
+    parts = [_affine_transform(matrix, offset)]
+    if deformable is not None:
+        parts.append(displacement_transform(deformable))
+    return _sampled_field(sitk.CompositeTransform(parts), fixed)
 
 
 def compose_inverse_on_moving(inverse_deformable: sitk.Image | None, affine: sitk.Transform | None, moving: sitk.Image) -> np.ndarray:
     """Field ``[K, J, I, 3]`` of the moving-to-fixed map ``q -> r + d_inv(r) - q``, ``r = A^-1(q)``, on ``moving``'s grid."""
-    points = physical_points(moving)
     matrix, offset = affine_parts(affine)
     inverse_matrix = np.linalg.inv(matrix)
-    back = (points - offset) @ inverse_matrix.T
+    parts = [_affine_transform(inverse_matrix, -inverse_matrix @ offset)]
     if inverse_deformable is not None:
-        inverse_affine = sitk.AffineTransform(3)
-        inverse_affine.SetMatrix(inverse_matrix.flatten().tolist())
-        inverse_affine.SetTranslation((-inverse_matrix @ offset).tolist())
-        sampled = sitk.Resample(inverse_deformable, moving, inverse_affine, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
-        back = back + sitk.GetArrayFromImage(sampled)
-    return (back - points).astype(np.float64)
+        parts.insert(0, displacement_transform(inverse_deformable))
+    return _sampled_field(sitk.CompositeTransform(parts), moving)
 
 
 def displacement_transform(field: sitk.Image) -> sitk.DisplacementFieldTransform:

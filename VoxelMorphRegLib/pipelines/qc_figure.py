@@ -51,14 +51,13 @@ def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = N
     warped_a, _ = _display(result.warped)
     jac_a, _ = _display(result.jacobian)
     field_a, _ = _display(result.displacement)
-    points = _physical_grid(sitk.DICOMOrient(fixed, DISPLAY_ORIENTATION))
-    mapped = points + field_a  # where each fixed voxel lands in moving space, mm
+    oriented = sitk.DICOMOrient(fixed, DISPLAY_ORIENTATION)
     fixed_s, before_s, warped_s = _scaled(fixed_a), _scaled(before_a), _scaled(warped_a)
 
     columns = ["fixed", "moving (affine only)" if result.affine is not None else "moving (no registration)", "warped moving", "overlay: fixed magenta, warped green", "deformation grid", "Jacobian determinant"]
     fig, axes = plt.subplots(3, 6, figsize=(21, 10.5), facecolor="black")
     planes = [_planes(v, spacing) for v in (fixed_s, before_s, warped_s, jac_a)]
-    map_planes = _planes(mapped, spacing)
+    map_planes = _mapped_planes(oriented, field_a, spacing)
     in_plane_axes = [(0, 1), (0, 2), (1, 2)]  # physical components spanning each plane (x, y, z)
     jac_image = None
     for row in range(3):
@@ -103,10 +102,25 @@ def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = N
     return buffer.getvalue()
 
 
-def _physical_grid(image: sitk.Image) -> np.ndarray:
-    from ..image.displacement import physical_points
+def _mapped_planes(oriented: sitk.Image, field: np.ndarray, spacing) -> list:
+    """Where the voxels of each displayed plane land in moving space (mm): only three slices are computed."""
+    from ..image.displacement import index_to_physical_matrix
 
-    return physical_points(image)
+    matrix, origin = index_to_physical_matrix(oriented), np.array(oriented.GetOrigin())
+    size_k, size_j, size_i = field.shape[:3]
+    centre = [n // 2 for n in (size_k, size_j, size_i)]
+    planes = []
+    for fixed_axis in range(3):  # axial (k), coronal (j), sagittal (i), as in _planes
+        ranges = [np.arange(n, dtype=float) for n in (size_k, size_j, size_i)]
+        ranges[fixed_axis] = np.array([float(centre[fixed_axis])])
+        k, j, i = np.meshgrid(*ranges, indexing="ij")
+        points = np.stack([i, j, k], axis=-1) @ matrix.T + origin
+        index = [slice(None)] * 3
+        index[fixed_axis] = slice(centre[fixed_axis], centre[fixed_axis] + 1)
+        mapped = (points + field[tuple(index)]).squeeze(axis=fixed_axis)
+        planes.append(mapped if fixed_axis == 0 else mapped[::-1])
+    aspects = [a for _, a in _planes(np.zeros((2, 2, 2)), spacing)]
+    return list(zip(planes, aspects))
 
 
 def _summary(metrics: dict) -> str:

@@ -226,7 +226,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         warped_labels = sitk.Resample(moving_labels, fixed, transform, sitk.sitkNearestNeighbor, 0, moving_labels.GetPixelID())
 
     stages.start("metrics", 85, "Jacobian determinant and metrics")
-    flow_fixed = torch.from_numpy(physical_to_flow(sitk.GetArrayViewFromImage(displacement), fixed)).float()[None]
+    flow_fixed = torch.from_numpy(physical_to_flow(sitk.GetArrayViewFromImage(displacement), fixed, dtype=np.float32))[None]
     determinant = jacobian_determinant(flow_fixed)[0]
     jacobian = sitk.GetImageFromArray((np.round(determinant.numpy() * 4096) / 4096).astype(np.float32))
     jacobian.CopyInformation(fixed)
@@ -256,7 +256,11 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
 
 
 def _quantised(field: np.ndarray) -> np.ndarray:
-    return np.round(field / FIELD_QUANTUM_MM) * FIELD_QUANTUM_MM
+    """``field`` rounded to FIELD_QUANTUM_MM, in place (the arrays are large)."""
+    field *= 1.0 / FIELD_QUANTUM_MM
+    np.round(field, out=field)
+    field *= FIELD_QUANTUM_MM
+    return field
 
 
 def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
