@@ -413,7 +413,7 @@ def summarise_register(runs: list[dict]) -> dict:
         "median_process_s": median([r["process_s"] for r in good]),
         "peak_rss_bytes": max((r["peak_rss_bytes"] or 0 for r in good), default=None) or None,
         "cuda_peak_bytes": max((r.get("cuda_peak_bytes") or 0 for r in good), default=None) or None,
-        "dice30": dice[0],
+        "dice30": round(statistics.fmean(dice), 4),
         "dice30_spread": round(max(dice) - min(dice), 4),
         "dice30_before": good[0]["dice30_before"],
         "dice30_affine": good[0].get("dice30_affine"),
@@ -510,10 +510,10 @@ def render(report: dict) -> str:
             if not reg:
                 continue
             if "error" in reg:
-                reg_rows.append([device, "?", reg["error"][:100], "", "", "", "", "", ""])
+                reg_rows.append([device, "?", reg["error"][:100], "", "", "", "", "", "", ""])
                 continue
             s = reg["median_seconds"]
-            reg_rows.append([device, reg["refine"], reg["repeats"], fmt_s(s.get("total")), fmt_s(reg["median_process_s"]), fmt_bytes(reg["peak_rss_bytes"]), fmt_bytes(reg["cuda_peak_bytes"]), fmt_dice(reg["dice30"]), f"{reg['folding_fraction']:.2e}" if reg["folding_fraction"] is not None else "-"])
+            reg_rows.append([device, reg["refine"], reg["repeats"], fmt_s(s.get("total")), fmt_s(reg["median_process_s"]), fmt_bytes(reg["peak_rss_bytes"]), fmt_bytes(reg["cuda_peak_bytes"]), fmt_dice(reg["dice30"]), fmt_dice(reg["dice30_spread"]), f"{reg['folding_fraction']:.2e}" if reg["folding_fraction"] is not None else "-"])
             stage_rows.append([f"{device} refine {reg['refine']}"] + [fmt_s(s.get(stage)) if stage in s else "-" for stage in STAGES])
     if net_rows or net_notes:
         out += ["", f"Network inference: unet(moving, fixed) + scaling-and-squaring on the model grid; median of {settings['network_repeats']} after {settings['network_warmup']} warm-up"]
@@ -522,7 +522,7 @@ def render(report: dict) -> str:
         out += net_notes
     if reg_rows:
         out += ["", f"Whole register (CLI main in a fresh process per run; median of the runs, after {settings['register_warmup']} warm-up run)"]
-        out.append(table(reg_rows, ["device", "refine", "runs", "total", "process", "peak RSS", "GPU peak", "Dice30", "folding"]))
+        out.append(table(reg_rows, ["device", "refine", "runs", "total", "process", "peak RSS", "GPU peak", "Dice30", "spread", "folding"]))
         out += ["", "Seconds per stage (median)"]
         out.append(table(stage_rows, ["config"] + STAGES))
 
@@ -533,7 +533,7 @@ def render(report: dict) -> str:
     elif ants:
         run = ants["runs"][0]
         out.append(f"ANTs SyN (antspyx {run['antspyx']}, ants.registration type_of_transform={run['transform']!r}, labels by {run['interpolator']}, ITK threads {run['itk_threads']}, {ants['repeats']} run(s))")
-        out.append(table([[fmt_s(ants["median_registration_s"]), fmt_s(ants["median_total_s"]), fmt_bytes(ants["peak_rss_bytes"]), fmt_dice(ants["dice30"]), fmt_dice(ants["dice30_spread"])]], ["registration", "with labels", "peak RSS", "Dice30", "Dice spread"]))
+        out.append(table([[fmt_s(ants["median_registration_s"]), fmt_s(ants["median_total_s"]), fmt_bytes(ants["peak_rss_bytes"]), fmt_dice(ants["dice30"]), fmt_dice(ants["dice30_spread"])]], ["registration", "with labels", "peak RSS", "Dice30", "spread"]))
 
     ratios = report.get("ratios", [])
     if ratios:

@@ -67,6 +67,7 @@ def _add_train(sub):
     p.add_argument("--skull-strip-labels", action="store_true", help="set non-brain labels of whole-head label maps to background")
     p.add_argument("--eval-labels", help="JSON list of label IDs to average Dice over (e.g. labels30.json)")
     p.add_argument("--cache", help="folder caching subjects on the model grid")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for synthesis and augmentation")
     p.add_argument("--no-affine", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
@@ -129,20 +130,21 @@ def _run_train(args, log):
         dice_weight=args.dice_weight,
         augment_displacement_mm=args.augment_mm,
         validate_every=args.validate_every,
+        workers=args.workers,
         seed=args.seed,
         device=args.device,
         skull_strip_labels=args.skull_strip_labels,
         eval_labels=eval_labels,
-        command="voxelmorphreg " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command="voxelmorphreg " + " ".join(shlex.quote(a) for a in args.argv),
     )
     summary = training.train(options, train_subjects, val_subjects, config, log=log, init=args.init)
     log(f"finished at step {summary['step']}; best validation Dice {summary['best_validation_dice']:.4f}; best model: {args.out}/best.pt")
 
 
 def _run_evaluate(args, log):
-    from ..pipelines.evaluate import run_evaluation
+    from ..pipelines.evaluate import run
 
-    run_evaluation(args, log)
+    run(args, log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,12 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_register(sub)
     _add_demo(sub)
     _add_train(sub)
+    from ..pipelines.evaluate import add_parser as add_evaluate
+
+    add_evaluate(sub)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     log = _progress(getattr(args, "quiet", False))
     runners = {"register": _run_register, "demo": _run_demo, "train": _run_train, "evaluate": _run_evaluate}
     try:

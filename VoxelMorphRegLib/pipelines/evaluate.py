@@ -331,7 +331,7 @@ def _nanmean(values) -> float:
 def _nanstd(values) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if len(values) < 2:
-        return 0.0 if values else float("nan")
+        return float("nan")  # undefined for one pair
     mean = sum(values) / len(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
@@ -403,7 +403,9 @@ def format_table(summary: dict) -> str:
             continue
 
         def pm(mean, std, digits):
-            return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+            if math.isnan(mean):
+                return "n/a"
+            return f"{mean:.{digits}f} ± " + ("n/a" if math.isnan(std) else f"{std:.{digits}f}")
 
         lines.append([
             method,
@@ -556,6 +558,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
 
     # Read (and check) every subject once; the label set to evaluate.
     store = _SubjectStore(usable, names)
+    log(f"reading and checking {len(involved)} subjects")
     present: dict[str, set] = {}
     for name in involved:
         subject = store.get(name)

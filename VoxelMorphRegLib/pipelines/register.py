@@ -26,6 +26,7 @@ from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, di
 from ..image.io import ensure_output_folder, read_labels, read_volume, write_bytes, write_image
 from ..image.model_grid import orientation_of, resample_to
 from ..image.preprocessing import grid_for, image_on_grid
+from ..tensor.devices import select_device
 from ..tensor.jacobian import folding_statistics, jacobian_determinant
 from ..tensor.refinement import refine_velocity, zero_velocity
 from .label_metrics import dice_per_label
@@ -103,18 +104,6 @@ class _Stages:
         self.stop()
         self.seconds["total"] = round(time.perf_counter() - self.started, 3)
         return self.seconds
-
-
-def select_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise VoxelMorphRegError("CUDA was requested but no CUDA device is available (use --device cpu or auto)")
-        return torch.device("cuda")
-    if requested == "cpu":
-        return torch.device("cpu")
-    raise VoxelMorphRegError(f"unknown device {requested!r}; choose auto, cpu or cuda")
 
 
 def load_model(spec: str, fixed: sitk.Image):

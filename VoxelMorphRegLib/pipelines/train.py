@@ -28,11 +28,17 @@ import torch
 from ..checkpoint import ModelConfig, load_checkpoint, save_checkpoint
 from ..errors import VoxelMorphRegError
 from ..image.affine import affine_register
-from ..image.io import ensure_output_folder, read_labels, read_volume
+from ..image.io import atomic_path, ensure_output_folder, read_labels, read_volume
 from ..image.preprocessing import grid_for, image_on_grid, labels_on_grid
+from ..tensor.devices import select_device
 from ..tensor.losses import ImageSimilarity, LabelDice, Smoothness, one_hot
 from ..tensor.synthesis import corrupt_intensity, image_from_labels, random_deformation
 from ..tensor.warping import resize_flow, warp, warp_labels
+
+import torch.distributed as dist
+from monai.data import DataLoader, IterableDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import get_worker_info
 from .label_metrics import dice_per_label
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -69,6 +75,7 @@ class TrainingOptions:
     augment_displacement_mm: float = 6.0
     validate_every: int = 100
     checkpoint_every: int = 50
+    workers: int = 0  # DataLoader worker processes drawing and augmenting pairs
     seed: int = 0
     device: str = "auto"
     skull_strip_labels: bool = False
@@ -163,57 +170,62 @@ def prepare_subject(source: SubjectSource, atlas: sitk.Image, config: ModelConfi
         payload["labels"] = labels_on_grid(labels, grid, transform)
     if cached:
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cached, **payload)
+        with atomic_path(cached) as temporary:  # several processes may prepare the same subject
+            with open(temporary, "wb") as handle:
+                np.savez_compressed(handle, **payload)
     log(f"prepared {source.name} in {time.perf_counter() - started:.1f} s")
     return Subject(source.name, payload.get("image"), payload.get("labels"))
 
 
-def select_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise VoxelMorphRegError("CUDA was requested but no CUDA device is available (use --device cpu or auto)")
-    if requested not in ("cpu", "cuda"):
-        raise VoxelMorphRegError(f"unknown device {requested!r}; choose auto, cpu or cuda")
-    return torch.device(requested)
+class RandomPairs(IterableDataset):
+    """Endless random (moving, fixed) pairs of distinct subjects, augmented on the fly.
 
+    A MONAI iterable dataset: under a ``DataLoader`` with worker processes each worker draws
+    its own stream (seeded by ``seed``, the worker id and the distributed rank), so synthesis
+    and augmentation run in parallel with the training step. Items are CPU tensors
+    ``[1, 1, K, J, I]``; labels are ``None`` for unlabelled subjects.
+    """
 
-class PairSampler:
-    """Random (moving, fixed) pairs of distinct subjects, augmented on the fly."""
-
-    def __init__(self, subjects: list[Subject], device, augment_voxels: float, seed: int):
+    def __init__(self, subjects: list[Subject], augment_voxels: float, seed: int, augment: bool = True):
+        super().__init__(data=subjects)
         if len(subjects) < 2:
             raise VoxelMorphRegError("training needs at least two subjects")
         self.subjects = subjects
-        self.device = device
         self.augment_voxels = augment_voxels
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.augment = augment
 
-    def _tensor(self, array):
-        return None if array is None else torch.from_numpy(np.ascontiguousarray(array))[None, None].to(self.device)
-
-    def draw(self, subject: Subject, augment: bool = True):
-        labels = self._tensor(subject.labels)
+    def draw(self, subject: Subject, generator: torch.Generator):
+        labels = None if subject.labels is None else torch.from_numpy(np.ascontiguousarray(subject.labels))[None, None]
         if subject.image is None:
-            image = image_from_labels(labels.cpu(), generator=self.generator).to(self.device)
+            image = image_from_labels(labels, generator=generator)
         else:
-            image = self._tensor(subject.image)
-            if augment:
-                image = corrupt_intensity(image.cpu(), generator=self.generator).to(self.device)
-        if augment and self.augment_voxels > 0:
+            image = torch.from_numpy(np.ascontiguousarray(subject.image))[None, None]
+            if self.augment:
+                image = corrupt_intensity(image, generator=generator)
+        if self.augment and self.augment_voxels > 0:
             # drawn and integrated on a half-resolution grid (it is smooth), then upsampled
             shape = image.shape[2:]
             half = [max(2, n // 2) for n in shape]
-            flow, _ = random_deformation(half, self.augment_voxels / 2, control_spacing=8.0, generator=self.generator)
-            flow = resize_flow(flow, shape).to(self.device)
+            flow, _ = random_deformation(half, self.augment_voxels / 2, control_spacing=8.0, generator=generator)
+            flow = resize_flow(flow, shape)
             image = warp(image, flow)
             if labels is not None:
                 labels = warp(labels.float(), flow, mode="nearest").long()
         return image, labels
 
-    def pair(self):
-        a, b = torch.randperm(len(self.subjects), generator=self.generator)[:2].tolist()
-        return self.draw(self.subjects[a]), self.draw(self.subjects[b])
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None:
+            torch.set_num_threads(1)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        generator = torch.Generator().manual_seed(self.seed + 1000 * worker + 100_000 * rank)
+        while True:
+            a, b = torch.randperm(len(self.subjects), generator=generator)[:2].tolist()
+            moving, moving_labels = self.draw(self.subjects[a], generator)
+            fixed, fixed_labels = self.draw(self.subjects[b], generator)
+            yield {"moving": moving, "fixed": fixed, "moving_labels": moving_labels, "fixed_labels": fixed_labels}
 
 
 def validation_pairs(subjects: list[Subject], seed: int) -> list[tuple]:
@@ -250,10 +262,55 @@ def _shared_labels(a: torch.Tensor, b: torch.Tensor, restrict=None) -> torch.Ten
     return torch.from_numpy(common[common != 0])
 
 
+def _as_is(item):
+    """Items are already single pairs: no collation (a module-level function, so workers can pickle it)."""
+    return item
+
+
+class _Distributed:
+    """Rank, world size and device under ``torchrun`` (DistributedDataParallel), or a single process."""
+
+    def __init__(self, requested_device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.enabled = self.world > 1
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = select_device(requested_device)
+        if self.enabled:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if not dist.is_initialized():
+                dist.init_process_group(backend)
+            if device.type == "cuda":
+                device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(device)
+        self.rank = dist.get_rank() if self.enabled else 0
+        self.device = device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        if not self.enabled:
+            return module
+        return DistributedDataParallel(module, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+
+    def close(self):
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
 def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects: list[Subject], config: ModelConfig, log=print, should_stop=lambda: False, init: str | None = None) -> dict:
-    """Run (or resume) training; return a summary. Checkpoints: ``last.pt`` and ``best.pt`` in ``out``."""
+    """Run (or resume) training; return a summary. Checkpoints: ``last.pt`` and ``best.pt`` in ``out``.
+
+    Under ``torchrun --nproc_per_node=N`` every process trains on its own random pairs and
+    DistributedDataParallel averages the gradients; only rank 0 validates, logs and writes.
+    """
     out = ensure_output_folder(options.out)
-    device = select_device(options.device)
+    ranks = _Distributed(options.device)
+    device = ranks.device
+    if not ranks.main:
+        log = lambda message: None  # noqa: E731
     torch.manual_seed(options.seed)
     network = config.build().to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
@@ -277,46 +334,60 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
         initial, _, _ = load_checkpoint(init, device)
         network.load_state_dict(initial.state_dict())
         log(f"starting from the weights of {init}")
+    velocity_net = ranks.wrap(network.unet)  # the only part with parameters
     mean_spacing = float(np.mean(config.spacing))
-    sampler = PairSampler(train_subjects, device, options.augment_displacement_mm / mean_spacing, options.seed + start_step)
-    val = validation_pairs(val_subjects, options.seed)
+    pairs = RandomPairs(train_subjects, options.augment_displacement_mm / mean_spacing, options.seed + 7919 * start_step)
+    loader = DataLoader(pairs, batch_size=None, collate_fn=_as_is, num_workers=options.workers, persistent_workers=options.workers > 0)
+    batches = iter(loader)
+    val = validation_pairs(val_subjects, options.seed) if ranks.main else []
     use_amp = device.type == "cuda"
-    log_path = out / "log.csv"
-    new_log = not log_path.exists()
-    log_file = log_path.open("a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(["step", "loss", "similarity", "smoothness", "dice_loss", "learning_rate", "seconds_per_step", "validation_dice"])
-    try:
-        from torch.utils.tensorboard import SummaryWriter
+    writer = board = log_file = None
+    if ranks.main:
+        log_path = out / "log.csv"
+        new_log = not log_path.exists()
+        log_file = log_path.open("a", newline="")
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(["step", "loss", "similarity", "smoothness", "dice_loss", "learning_rate", "seconds_per_step", "validation_dice"])
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-        board = SummaryWriter(str(out / "tensorboard"))
-    except Exception:  # tensorboard is optional
-        board = None
+            board = SummaryWriter(str(out / "tensorboard"))
+        except Exception:  # tensorboard is optional (the 'train' extra)
+            board = None
+    if ranks.enabled:
+        log(f"distributed training: {ranks.world} processes, backend {dist.get_backend()}")
     network.train()
     started = time.perf_counter()
     window_start, window_steps = started, 0
     provenance = dict(config.training)
     provenance["wall_seconds_before_resume"] = float(provenance.get("wall_seconds", 0.0))
+    provenance["processes"] = ranks.world
     step = start_step
+    save = ranks.main
     try:
         for step in range(start_step + 1, options.steps + 1):
             if should_stop():
                 log("stop requested")
                 step -= 1
                 break
-            (moving, moving_labels), (fixed, fixed_labels) = sampler.pair()
+            batch = next(batches)
+            moving, fixed = batch["moving"].to(device), batch["fixed"].to(device)
+            moving_labels = None if batch["moving_labels"] is None else batch["moving_labels"].to(device)
+            fixed_labels = None if batch["fixed_labels"] is None else batch["fixed_labels"].to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                output = network(moving, fixed)
-            warped = warp(moving, output.flow)
+                velocity = velocity_net(moving, fixed)
+            velocity = velocity.float()  # fields and sampling grids stay float32
+            flow = network.flow_from_velocity(velocity, moving.shape[2:])
+            warped = warp(moving, flow)
             sim = similarity(warped, fixed)
-            smooth = smoothness(output.velocity)
+            smooth = smoothness(velocity)
             loss = sim + options.smoothness_weight * smooth
-            dice_value = torch.zeros(())
+            dice_value = torch.zeros((), device=device)
             if options.dice_weight > 0 and moving_labels is not None and fixed_labels is not None:
                 values = _shared_labels(moving_labels, fixed_labels, options.eval_labels)
                 if values.numel():
-                    warped_one_hot = warp(one_hot(moving_labels, values), output.flow)
+                    warped_one_hot = warp(one_hot(moving_labels, values), flow)
                     dice_value = dice_loss(warped_one_hot, one_hot(fixed_labels, values))
                     loss = loss + options.dice_weight * dice_value
             if not torch.isfinite(loss):
@@ -325,6 +396,8 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
             loss.backward()
             optimiser.step()
             scheduler.step()
+            if not ranks.main:
+                continue
             window_steps += 1
             rate = (time.perf_counter() - window_start) / window_steps
             val_dice = ""
@@ -351,17 +424,21 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
             if step % options.checkpoint_every == 0 or step == options.steps:
                 _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
     except KeyboardInterrupt:
-        log(f"interrupted at step {step}; saving {last_path} so that the same command resumes")
-        _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
+        if save:
+            log(f"interrupted at step {step}; saving {last_path} so that the same command resumes")
+            _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
         raise
     finally:
-        log_file.close()
+        if log_file:
+            log_file.close()
         if board:
             board.close()
-    _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
-    if not best_path.exists():  # no validation set: the last model is the best we know
-        save_checkpoint(best_path, network, config)
-    return {"step": step, "best_validation_dice": best, "out": str(out)}
+    if save:
+        _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
+        if not best_path.exists():  # no validation set: the last model is the best we know
+            save_checkpoint(best_path, network, config)
+    ranks.close()
+    return {"step": step, "best_validation_dice": best, "out": str(out), "rank": ranks.rank, "processes": ranks.world}
 
 
 def _save_last(path, network, optimiser, scheduler, config, provenance, step, best, options, started):
