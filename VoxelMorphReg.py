@@ -94,6 +94,7 @@ class VoxelMorphRegParameterNode:
 
     model: "bundled", "none" or a checkpoint file path; userModels: checkpoint files the user added.
     integrationSteps: 0 means the model's own setting. fade: foreground (warped) opacity.
+    train*: the Train panel's settings (see VoxelMorphRegLogic.train).
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -116,6 +117,17 @@ class VoxelMorphRegParameterNode:
     table: bool = True
     outputTable: vtkMRMLTableNode
     fade: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    # Train panel (training volumes and paths are read from the panel when training starts).
+    trainAtlas: Union[vtkMRMLScalarVolumeNode, None] = None
+    trainValidationCount: Annotated[int, WithinRange(0, 1000)] = 0
+    trainSteps: Annotated[int, WithinRange(1, 1000000)] = 2000
+    trainLearningRate: Annotated[float, WithinRange(0.000001, 0.1)] = 0.0003
+    trainSimilarity: Annotated[str, Choice(["lncc", "mse"])] = "lncc"
+    trainSmoothnessWeight: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    trainDiceWeight: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    trainValidateEvery: Annotated[int, WithinRange(1, 100000)] = 100
+    trainDevice: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    trainFineTune: bool = False
 
 
 #
@@ -134,6 +146,7 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceProbe = None
         self._lastResult = None
         self._updatingModels = False
+        self._trainRunner = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -154,12 +167,25 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fadeSlider.connect("valueChanged(double)", self.onFadeChanged)
         self.ui.progressBar.setVisible(False)
 
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.trainFromSceneRadioButton.connect("toggled(bool)", self.updateTrainGUI)
+        self.ui.trainDataFolderButton.connect("clicked(bool)", lambda: self.chooseFolder(self.ui.trainDataPathLineEdit))
+        self.ui.trainValidationFolderButton.connect("clicked(bool)", lambda: self.chooseFolder(self.ui.trainValidationPathLineEdit))
+        self.ui.trainVolumesSelector.connect("checkedNodesChanged()", self.updateTrainGUI)
+        self.ui.trainDataPathLineEdit.connect("currentPathChanged(QString)", self.updateTrainGUI)
+        self.ui.trainProgressBar.setVisible(False)
+        # Polls the training process (progress lines, log.csv rows for the plot, end of run).
+        self._trainTimer = qt.QTimer()
+        self._trainTimer.setInterval(500)
+        self._trainTimer.connect("timeout()", self.onTrainTimer)
+
         # Polls the engine process (progress lines, end of run) without blocking the GUI.
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(200)
         self._pollTimer.connect("timeout()", self.onPollTimer)
 
         self.initializeParameterNode()
+        self.updateTrainGUI()
         self.startDeviceProbe()
 
     def cleanup(self) -> None:
@@ -167,7 +193,12 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._runner.cancel()
         if self._deviceProbe is not None:
             self._deviceProbe.cancel()
+        if self._trainRunner is not None and self._trainRunner.running:
+            # The engine runs in its own session: it would outlive the application. Give it a
+            # moment to save last.pt, then kill it.
+            self._trainRunner.stop(wait=True, timeout=15)
         self._pollTimer.stop()
+        self._trainTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -245,6 +276,19 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.model = path
         self.updateModelList()
 
+    def addTrainedModel(self, path, select: bool = True) -> None:
+        """Offer a checkpoint in the model list (and select it)."""
+        if not self._parameterNode:
+            return
+        path = str(path)
+        models = list(self._parameterNode.userModels)
+        if path not in models:
+            models.append(path)
+            self._parameterNode.userModels = models
+        if select:
+            self._parameterNode.model = path
+        self.updateModelList()
+
     # -- device check ----------------------------------------------------------------------------
 
     def startDeviceProbe(self) -> None:
@@ -294,6 +338,7 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             canRun = bool(p.fixedVolume and p.movingVolume)
             self.ui.registerButton.enabled = canRun
             self.ui.registerButton.toolTip = _("Register the moving volume onto the fixed one.") if canRun else _("Select a fixed and a moving volume.")
+        self.updateTrainGUI()
 
     def onFadeChanged(self, value) -> None:
         from VoxelMorphRegLib.mrml import views
@@ -393,6 +438,148 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Registration failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
         self.updateGUIFromParameterNode()
 
+    # -- training --------------------------------------------------------------------------------
+
+    def _trainingRunning(self) -> bool:
+        return self._trainRunner is not None and self._trainRunner.running
+
+    def updateTrainGUI(self, *args) -> None:
+        """Scene or folder inputs, Start/Stop button, inputs locked while a training runs."""
+        fromScene = self.ui.trainFromSceneRadioButton.checked
+        self.ui.trainSceneSourceWidget.setVisible(fromScene)
+        self.ui.trainFolderSourceWidget.setVisible(not fromScene)
+        running = self._trainingRunning()
+        for widget in (self.ui.trainFromSceneRadioButton, self.ui.trainFromFolderRadioButton, self.ui.trainSceneSourceWidget, self.ui.trainFolderSourceWidget, self.ui.trainSettingsWidget):
+            widget.enabled = not running
+        if running:
+            stopping = self._trainRunner.stopping
+            self.ui.trainButton.text = _("Kill training") if stopping else _("Stop training")
+            self.ui.trainButton.toolTip = (
+                _("The engine is saving last.pt; click to kill it now.") if stopping else _("Stop the training; the engine saves last.pt, which is offered in the model list.")
+            )
+            self.ui.trainButton.enabled = True
+            return
+        self.ui.trainButton.text = _("Start training")
+        if fromScene:
+            count = len(self.ui.trainVolumesSelector.checkedNodes())
+            canRun = count >= 2
+            why = _("Check at least two training volumes.")
+        else:
+            canRun = bool(self.ui.trainDataPathLineEdit.currentPath.strip())
+            why = _("Choose a training folder or CSV file.")
+        self.ui.trainButton.enabled = canRun
+        self.ui.trainButton.toolTip = _("Train in a background process; click again to stop.") if canRun else why
+
+    def chooseFolder(self, pathLineEdit) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Choose a folder"), pathLineEdit.currentPath or str(Path.home()))
+        if folder:
+            pathLineEdit.currentPath = folder
+
+    def onTrainButton(self) -> None:
+        if self._trainingRunning():
+            if self._trainRunner.stopping:
+                self._trainRunner.stop(timeout=0)  # second click: kill now (the next poll does it)
+                self.ui.trainStatusLabel.text = _("Killing the training engine...")
+            else:
+                self._trainRunner.stop()
+                self.ui.trainStatusLabel.text = _("Stopping: the engine saves last.pt...")
+            self.updateTrainGUI()
+            return
+        self.startTraining()
+
+    def startTraining(self):
+        """Start a training with the panel's settings; returns the runner (or None if it did not start)."""
+        from VoxelMorphRegLib.errors import VoxelMorphRegError
+
+        p = self._parameterNode
+        if not p:
+            return None
+        self.ui.trainStatusLabel.text = ""
+        try:
+            if not self.logic.installDependencies(askConfirmation=True):
+                self.ui.trainStatusLabel.text = _("Training needs PyTorch and MONAI; installation was declined.")
+                return None
+            outputFolder = self.ui.trainOutputPathLineEdit.currentPath.strip() or str(self.logic.defaultTrainingFolder())
+            self.ui.trainOutputPathLineEdit.currentPath = outputFolder
+            inputs = {}
+            if self.ui.trainFromSceneRadioButton.checked:
+                inputs["volumes"] = list(self.ui.trainVolumesSelector.checkedNodes())
+                inputs["segmentations"] = list(self.ui.trainSegmentationsSelector.checkedNodes())
+                inputs["validationCount"] = p.trainValidationCount
+            else:
+                inputs["dataPath"] = self.ui.trainDataPathLineEdit.currentPath.strip() or None
+                inputs["validationPath"] = self.ui.trainValidationPathLineEdit.currentPath.strip() or None
+            self._trainRunner = self.logic.train(
+                **inputs,
+                atlasNode=p.trainAtlas,
+                outputFolder=outputFolder,
+                steps=p.trainSteps,
+                learningRate=p.trainLearningRate,
+                similarity=p.trainSimilarity,
+                smoothnessWeight=p.trainSmoothnessWeight,
+                diceWeight=p.trainDiceWeight,
+                validateEvery=p.trainValidateEvery,
+                device=p.trainDevice,
+                initModel=self.logic.modelFile(p.model) if p.trainFineTune else None,
+                wait=False,
+                showPlot=True,
+                progressCallback=self.onTrainProgress,
+                logCallback=self.onLogLine,
+                finishedCallback=self.onTrainFinished,
+            )
+        except VoxelMorphRegError as exc:
+            self._trainRunner = None
+            self.ui.trainStatusLabel.text = _("Error: {message}").format(message=exc)
+            slicer.util.errorDisplay(_("Training could not start: {message}").format(message=exc))
+            return None
+        except Exception as exc:  # e.g. pip failing while installing dependencies
+            logging.exception("VoxelMorphReg: training could not start")
+            self._trainRunner = None
+            self.ui.trainStatusLabel.text = _("Error: {message}").format(message=exc)
+            slicer.util.errorDisplay(_("Training could not start: {message}").format(message=exc), detailedText=str(exc))
+            return None
+        self.ui.trainProgressBar.value = 0
+        self.ui.trainProgressBar.setVisible(True)
+        self.ui.trainStatusLabel.text = _("Starting...")
+        self._trainTimer.start()
+        self.updateTrainGUI()
+        return self._trainRunner
+
+    def onTrainTimer(self) -> None:
+        runner = self._trainRunner
+        if runner is None or not runner.running:
+            self._trainTimer.stop()
+            return
+        if runner.plot is not None and not runner.plot.in_scene:
+            # The scene was closed: the curves go on in a new plot.
+            self.logic.attachTrainingPlot(runner)
+        runner.poll()
+        if runner.running:
+            self.updateTrainGUI()
+
+    def onTrainProgress(self, percent, stage) -> None:
+        self.ui.trainProgressBar.value = percent
+        self.ui.trainStatusLabel.text = stage
+
+    def onTrainFinished(self, runner) -> None:
+        self._trainTimer.stop()
+        self.ui.trainProgressBar.setVisible(False)
+        if runner.state == "succeeded":
+            self.addTrainedModel(runner.checkpoint, select=True)
+            self.ui.trainStatusLabel.text = _("Done: {path} is selected as the registration model.").format(path=runner.checkpoint)
+        elif runner.state == "stopped":
+            if runner.checkpoint is not None:
+                self.addTrainedModel(runner.checkpoint, select=False)
+                self.ui.trainStatusLabel.text = _("Stopped at step {step}; {path} was added to the model list. Start again with the same output folder to resume.").format(
+                    step=runner.step, path=runner.checkpoint
+                )
+            else:
+                self.ui.trainStatusLabel.text = _("Stopped before a checkpoint was saved.")
+        else:
+            self.ui.trainStatusLabel.text = _("Error: {message}").format(message=runner.error)
+            slicer.util.errorDisplay(_("Training failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
+        self.updateTrainGUI()
+
 
 #
 # VoxelMorphRegLogic
@@ -421,9 +608,27 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         for path in bundled[1:]:
             choices.append((_("Bundled: {name}").format(name=path.stem), str(path), str(path)))
         for path in userModels:
-            choices.append((Path(path).name, path, path))
+            name = Path(path).name
+            if name in ("best.pt", "last.pt"):  # trained here: the folder tells them apart
+                name = f"{Path(path).parent.name}/{name}"
+            choices.append((name, path, path))
         choices.append((_("None (optimise this pair only)"), NO_MODEL, _("No network: per-pair optimisation only (slower)")))
         return choices
+
+    def modelFile(self, model) -> str:
+        """The checkpoint file of a model choice ("bundled", a path); raises for "none" or a missing file."""
+        from VoxelMorphRegLib.errors import VoxelMorphRegError
+
+        if not model or model == BUNDLED_MODEL:
+            bundled = self.bundledModels()
+            if not bundled:
+                raise VoxelMorphRegError(f"no bundled model found in {MODELS_FOLDER}")
+            return str(bundled[0])
+        if model == NO_MODEL:
+            raise VoxelMorphRegError("fine-tuning needs a model: select the bundled model or a checkpoint in Settings")
+        if not Path(model).is_file():
+            raise VoxelMorphRegError(f"{model}: model file not found")
+        return str(model)
 
     @staticmethod
     def missingDependencies() -> list:
@@ -464,6 +669,121 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         if still:
             raise VoxelMorphRegError(f"still missing after installation: {', '.join(still)}; a restart of Slicer may help")
         return True
+
+    # -- training --------------------------------------------------------------------------------
+
+    @staticmethod
+    def defaultTrainingFolder() -> Path:
+        """A new folder name under ~/VoxelMorphReg/models (not created)."""
+        import time
+
+        return Path.home() / "VoxelMorphReg" / "models" / time.strftime("model-%Y%m%d-%H%M%S")
+
+    def train(
+        self,
+        volumes=None,
+        segmentations=None,
+        validationCount=0,
+        dataPath=None,
+        validationPath=None,
+        atlasNode=None,
+        atlasPath=None,
+        outputFolder=None,
+        steps=2000,
+        learningRate=3e-4,
+        similarity="lncc",
+        smoothnessWeight=1.0,
+        diceWeight=1.0,
+        validateEvery=100,
+        device="auto",
+        initModel=None,
+        wait=True,
+        showPlot=True,
+        progressCallback=None,
+        logCallback=None,
+        finishedCallback=None,
+    ):
+        """Train a model (``voxelmorphreg train``) in a background process.
+
+        Data: ``volumes`` (scene volume nodes, at least two) with optional ``segmentations``
+        (segmentation or label map nodes, each paired with its volume) and ``validationCount``
+        of the segmented volumes held out for validation; or ``dataPath`` (a folder or CSV) with
+        an optional ``validationPath``. ``atlasNode`` or ``atlasPath`` defines the model grid
+        (default: the first training volume). ``outputFolder`` gets best.pt, last.pt, log.csv
+        (and the scene volumes as NIfTI in data/); one holding last.pt resumes that training.
+        ``initModel``: a checkpoint to fine-tune. ``showPlot`` shows the loss and validation
+        Dice live in a plot view.
+
+        With ``wait=True`` this blocks (the application keeps repainting) and returns the
+        checkpoint path: best.pt, or after a stop the checkpoint kept (None if none); errors
+        raise ``VoxelMorphRegError``. With ``wait=False`` it returns the started
+        ``TrainingRunner``: call ``poll()`` regularly, ``stop()`` to stop it.
+        """
+        from VoxelMorphRegLib.errors import VoxelMorphRegError
+        from VoxelMorphRegLib.mrml import training_runner
+
+        missing = self.missingDependencies()
+        if missing:
+            raise VoxelMorphRegError(f"missing Python packages: {', '.join(missing)}; install them with VoxelMorphRegLogic().installDependencies()")
+        options = training_runner.TrainOptions(
+            steps=int(steps),
+            learning_rate=float(learningRate),
+            similarity=similarity,
+            smoothness_weight=float(smoothnessWeight),
+            dice_weight=float(diceWeight),
+            validate_every=int(validateEvery),
+            device=device or "auto",
+            init=str(initModel) if initModel else None,
+        )
+        outputFolder = Path(outputFolder) if outputFolder else self.defaultTrainingFolder()
+        inputs = {}
+        if volumes:
+            pairs = training_runner.pair_segmentations(list(volumes), list(segmentations or []))
+            inputs["subjects"], inputs["validation_subjects"] = training_runner.split_validation(pairs, validationCount)
+        elif dataPath:
+            inputs["data"], inputs["validation"] = dataPath, validationPath or None
+        else:
+            raise VoxelMorphRegError("no training data: give training volumes or a folder or CSV file")
+        runner = training_runner.TrainingRunner(
+            outputFolder,
+            options,
+            atlas=atlasPath or None,
+            atlas_volume=atlasNode,
+            progress_callback=progressCallback,
+            log_callback=logCallback or (lambda line: logging.debug(line)),
+            finished_callback=finishedCallback,
+            **inputs,
+        )
+        runner.start()
+        if showPlot:
+            self.attachTrainingPlot(runner)
+        if not wait:
+            return runner
+        import time
+
+        while not runner.poll():
+            if getattr(slicer, "app", None) is not None:
+                slicer.app.processEvents()
+            time.sleep(0.05)
+        return runner.wait()  # the checkpoint, or the engine's error raised as VoxelMorphRegError
+
+    def attachTrainingPlot(self, runner):
+        """A new live plot (table, series, chart nodes) of the runner's loss and validation Dice, shown in a plot view."""
+        from VoxelMorphRegLib.mrml.training_plot import TrainingPlot
+
+        name = f"VoxelMorphReg training ({runner.out.name})" if runner.out else "VoxelMorphReg training"
+        plot = TrainingPlot(slicer.mrmlScene, name=name)
+        runner.attach_plot(plot)
+        self.showTrainingPlot(plot)
+        return plot
+
+    @staticmethod
+    def showTrainingPlot(plot) -> None:
+        """Switch to a layout with a plot view (if the current one has none) and show the chart there."""
+        plotsModule = getattr(getattr(slicer, "modules", None), "plots", None)
+        if getattr(slicer, "app", None) is None or plotsModule is None:
+            return
+        plotsModule.logic().ShowChartInLayout(plot.chart)
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -591,6 +911,8 @@ class VoxelMorphRegTest(ScriptedLoadableModuleTest):
         self.test_FailureLeavesSceneUnchanged()
         self.setUp()
         self.test_CancelLeavesSceneUnchanged()
+        self.setUp()
+        self.test_TrainThroughWidget()
 
     def _loadSamples(self):
         import SampleData
@@ -705,3 +1027,53 @@ class VoxelMorphRegTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.assertFalse(folder is not None and os.path.exists(folder))
         self.assertEqual(widget.ui.registerButton.text, "Register")
+
+    def test_TrainThroughWidget(self):
+        """A few training steps on four tiny labelled volumes (two for validation) through the Train panel."""
+        import shutil
+        import time
+
+        import numpy as np
+
+        self.delayDisplay("Making four small labelled volumes")
+        widget = self._widget()
+        widget.ui.trainCollapsibleButton.collapsed = False
+        k, j, i = np.meshgrid(*(np.linspace(-1, 1, 32),) * 3, indexing="ij")
+        for index in range(4):
+            radius = 0.6 + 0.05 * index
+            labels = (((i / radius) ** 2 + (j / (0.9 * radius)) ** 2 + (k / (0.8 * radius)) ** 2) < 1).astype(np.uint8)
+            labels[(labels == 1) & (i > 0.1 * index)] = 2
+            image = (40.0 * labels + np.random.default_rng(index).normal(0.0, 2.0, labels.shape)).astype(np.float32)
+            volume = slicer.util.addVolumeFromArray(image, name=f"train{index}")
+            labelMap = slicer.util.addVolumeFromArray(labels, name=f"train{index}_seg", nodeClassName="vtkMRMLLabelMapVolumeNode")
+            for node in (volume, labelMap):
+                node.SetSpacing(1.5, 1.5, 1.5)
+            widget.ui.trainVolumesSelector.setCheckState(volume, qt.Qt.Checked)
+            widget.ui.trainSegmentationsSelector.setCheckState(labelMap, qt.Qt.Checked)
+        p = widget._parameterNode
+        p.trainValidationCount, p.trainSteps, p.trainValidateEvery, p.trainDevice = 2, 4, 2, "cpu"
+        out = Path(slicer.app.temporaryPath) / "VoxelMorphRegTest-training"
+        shutil.rmtree(out, ignore_errors=True)
+        widget.ui.trainOutputPathLineEdit.currentPath = str(out)
+
+        self.delayDisplay("Training")
+        widget.ui.trainButton.click()
+        runner = widget._trainRunner
+        self.assertIsNotNone(runner, widget.ui.trainStatusLabel.text)
+        self.assertEqual(widget.ui.trainButton.text, "Stop training")
+        start = time.time()
+        while runner.running:
+            slicer.app.processEvents()  # the panel's timer polls the runner
+            time.sleep(0.05)
+            self.assertLess(time.time() - start, 1800, "training did not finish in time")
+        self.assertEqual(runner.state, "succeeded", runner.error)
+        self.assertEqual(runner.checkpoint, out / "best.pt")
+        self.assertIn(str(runner.checkpoint), p.userModels)
+        self.assertEqual(p.model, str(runner.checkpoint))  # offered and selected in the Register panel
+        self.assertEqual(widget.ui.trainButton.text, "Start training")
+        self.assertEqual(runner.plot.number_of_rows, 4)
+        self.assertEqual(runner.plot.validation_table.GetTable().GetNumberOfRows(), 2)
+        plotView = slicer.app.layoutManager().plotWidget(0).mrmlPlotViewNode()
+        self.assertEqual(plotView.GetPlotChartNodeID(), runner.plot.chart.GetID())
+        p.model = BUNDLED_MODEL
+        self.delayDisplay("Test passed")

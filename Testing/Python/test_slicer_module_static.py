@@ -47,6 +47,23 @@ EXPECTED_CLASSES = {
     "settingsCollapsibleButton": "ctkCollapsibleButton",
     "advancedCollapsibleButton": "ctkCollapsibleButton",
     "outputsCollapsibleButton": "ctkCollapsibleButton",
+    # Train panel
+    "trainCollapsibleButton": "ctkCollapsibleButton",
+    "trainFromSceneRadioButton": "QRadioButton",
+    "trainFromFolderRadioButton": "QRadioButton",
+    "trainSceneSourceWidget": "QWidget",
+    "trainFolderSourceWidget": "QWidget",
+    "trainSettingsWidget": "QWidget",
+    "trainVolumesSelector": "qMRMLCheckableNodeComboBox",
+    "trainSegmentationsSelector": "qMRMLCheckableNodeComboBox",
+    "trainDataPathLineEdit": "ctkPathLineEdit",
+    "trainDataFolderButton": "QToolButton",
+    "trainValidationPathLineEdit": "ctkPathLineEdit",
+    "trainValidationFolderButton": "QToolButton",
+    "trainOutputPathLineEdit": "ctkPathLineEdit",
+    "trainButton": "QPushButton",
+    "trainProgressBar": "QProgressBar",
+    "trainStatusLabel": "QLabel",
 }
 
 # Which widget classes the parameter node wrapper can connect to which parameter types
@@ -139,10 +156,24 @@ def test_parameter_names_match_parameter_node_and_widget_kinds():
 def test_ui_connects_scene_to_every_node_selector():
     tree, widgets, _ = ui_widgets()
     receivers = {c.findtext("receiver") for c in tree.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
-    selectors = {name for name, cls in widgets.items() if cls == "qMRMLNodeComboBox"}
+    selectors = {name for name, cls in widgets.items() if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox")}
     assert selectors == receivers
     custom = {c.findtext("class") for c in tree.iter("customwidget")}
     assert {cls for cls in widgets.values() if cls.startswith(("qMRML", "ctk"))} <= custom
+
+
+def test_train_section_is_optional_and_collapsed_by_default():
+    tree, widgets, parameters = ui_widgets()
+    section = next(w for w in tree.iter("widget") if w.get("name") == "trainCollapsibleButton")
+    assert section.get("class") == "ctkCollapsibleButton"
+    collapsed = next(p for p in section.findall("property") if p.get("name") == "collapsed")
+    assert collapsed.findtext("bool") == "true"
+    inside = {w.get("name") for w in section.iter("widget")}
+    assert {name for name in EXPECTED_CLASSES if name.startswith("train")} <= inside
+    # Its settings are saved in the parameter node; every one is bound to a widget in the section.
+    train_parameters = {name for name in parameter_annotations() if name.startswith("train")}
+    assert train_parameters == {p for p in parameters if p.startswith("train")}
+    assert all(parameters[p][0] in inside for p in train_parameters)
 
 
 def test_icon_is_128_pixels():

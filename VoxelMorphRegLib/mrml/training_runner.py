@@ -469,6 +469,8 @@ class TrainingRunner:
     Data: either ``subjects`` (scene ``(volume, segmentation-or-None)`` pairs, plus optional
     ``validation_subjects``) or ``data`` (a folder or CSV, plus optional ``validation``).
     ``atlas`` is a file, ``atlas_volume`` a volume node; with neither, the first training image.
+    ``plot`` (a :class:`.training_plot.TrainingPlot`) and ``rows_callback`` get the new ``log.csv``
+    rows at every :meth:`poll`.
     """
 
     def __init__(
@@ -487,6 +489,7 @@ class TrainingRunner:
         log_callback=None,
         rows_callback=None,
         finished_callback=None,
+        plot=None,
     ):
         self.out = Path(out) if out else None
         self.options = options or TrainOptions()
@@ -502,6 +505,7 @@ class TrainingRunner:
         self.log_callback = log_callback
         self.rows_callback = rows_callback
         self.finished_callback = finished_callback
+        self.plot = plot  # a TrainingPlot (or anything with add_rows) that gets every log.csv row
 
         self.state = IDLE
         self.progress = 0
@@ -655,6 +659,8 @@ class TrainingRunner:
         rows = self._reader.read_new()
         if rows:
             self.rows.extend(rows)
+            if self.plot is not None:
+                self.plot.add_rows(rows)
             if self.rows_callback:
                 self.rows_callback(rows)
 
@@ -705,6 +711,12 @@ class TrainingRunner:
         last = next((line.strip() for line in reversed(self.log) if line.strip() and not line.startswith("$ ")), "")
         detail = f": {last}" if last else ""
         return f"the training engine stopped with exit code {returncode}{detail}"
+
+    def attach_plot(self, plot) -> None:
+        """Send the rows to ``plot`` from now on, starting with every row read so far (e.g. a new plot after a scene close)."""
+        self.plot = plot
+        if plot is not None and self.rows:
+            plot.add_rows(self.rows)
 
     # -- stop and wait -------------------------------------------------------------------------
 
