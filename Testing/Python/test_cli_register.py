@@ -11,7 +11,6 @@ from conftest import ROOT, blob_labels, blob_volume, rotation
 
 from VoxelMorphRegLib.checkpoint import ModelConfig, save_checkpoint
 from VoxelMorphRegLib.frontends.cli import main
-from VoxelMorphRegLib.image.displacement import displacement_transform
 from VoxelMorphRegLib.image.io import same_grid
 
 SHIFT_MM = np.array([3.0, 0.0, -2.0])  # LPS
@@ -97,7 +96,7 @@ def test_metrics_report_time_device_and_folding(registered):
 
 
 def test_inverse_displacement_brings_moving_back(pair, registered):
-    fixed, moving = sitk.ReadImage(pair["fixed"], sitk.sitkFloat32), sitk.ReadImage(pair["moving"], sitk.sitkFloat32)
+    _fixed, moving = sitk.ReadImage(pair["fixed"], sitk.sitkFloat32), sitk.ReadImage(pair["moving"], sitk.sitkFloat32)
     inverse = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "inverse_displacement.nii.gz")))
     body = sitk.GetArrayFromImage(moving) > 0.2
     assert np.allclose(np.median(inverse[body], axis=0), -SHIFT_MM, atol=0.8)

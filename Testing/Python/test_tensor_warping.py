@@ -1,6 +1,5 @@
 """Spatial transformer conventions: [k, j, i] tensors, grid_sample's (x, y, z) order, flow direction."""
 
-import numpy as np
 import pytest
 import torch
 from monai.networks.blocks import Warp
