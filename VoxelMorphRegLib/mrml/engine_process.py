@@ -8,12 +8,14 @@
   hands over the complete lines received so far, never blocking;
 * :meth:`EngineProcess.interrupt` sends SIGINT to the whole group (the engine turns it into
   ``KeyboardInterrupt``: a training saves ``last.pt``); :meth:`EngineProcess.kill` kills the
-  whole tree at once (:func:`.runner._kill_tree`);
+  whole tree at once (:func:`kill_tree`: the process group on POSIX, ``taskkill /T`` on Windows);
 * when the process has ended, members of its group that are still alive are killed before the
   process is reaped (while its zombie still holds the group id, so the id cannot have been
   reused), so a finished job never leaves a stray process behind.
 
-The registration runner (:mod:`.runner`) predates this class and has the same logic inline.
+Both runners use it: the registration runner (:mod:`.runner`, cancel = :meth:`~EngineProcess.kill`)
+and the training runner (:mod:`.training_runner`, stop = :meth:`~EngineProcess.interrupt`, then
+:meth:`~EngineProcess.kill`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ import subprocess
 import threading
 import time
 
-from .runner import _kill_tree
-
 # After the process ended, how long to wait for the end of its output (a process outside the
 # group could hold the pipe open; its output is then given up).
 OUTPUT_GRACE_S = 5.0
@@ -36,6 +36,30 @@ def _popen_group_options() -> dict:
     if os.name == "nt":
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
     return {"start_new_session": True}
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """Kill the process and every process it started, at once."""
+    if process.poll() is not None:
+        return
+    if os.name == "nt":
+        subprocess.run(
+            ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+            check=False,
+        )
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if process.poll() is None:
+        try:
+            process.kill()
+        except OSError:
+            pass
 
 
 def sigint_ignored() -> bool:
@@ -202,7 +226,7 @@ class EngineProcess:
         if self.process is None:
             return
         self.killed = True
-        _kill_tree(self.process)
+        kill_tree(self.process)
 
     def wait(self, timeout: float | None = None, interval: float = 0.02) -> int | None:
         """Block until :meth:`poll` returns the exit code (or ``timeout`` seconds have passed)."""

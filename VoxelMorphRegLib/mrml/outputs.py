@@ -38,8 +38,8 @@ OUTPUT_KEYS = ("warped_volume", "transform", "inverse_transform", "segmentation"
 
 
 @dataclass
-class OutputTargets:
-    """Existing nodes to put results into; ``None`` means "create a new node"."""
+class _OutputNodes:
+    """One node per output key (:data:`OUTPUT_KEYS`, in that order)."""
 
     warped_volume: object = None
     transform: object = None
@@ -47,6 +47,11 @@ class OutputTargets:
     segmentation: object = None
     jacobian: object = None
     table: object = None
+
+
+@dataclass
+class OutputTargets(_OutputNodes):
+    """Existing nodes to put results into; ``None`` means "create a new node"."""
 
 
 @dataclass
@@ -68,15 +73,9 @@ class ImportPlan:
 
 
 @dataclass
-class RegistrationResult:
+class RegistrationResult(_OutputNodes):
     """The nodes a registration produced (or updated), and its metrics."""
 
-    warped_volume: object = None
-    transform: object = None
-    inverse_transform: object = None
-    segmentation: object = None
-    jacobian: object = None
-    table: object = None
     metrics: dict = field(default_factory=dict)
     log: list = field(default_factory=list)
 
@@ -121,6 +120,16 @@ def _read_on_grid(folder: Path, file_name: str, matrix: np.ndarray, size, what: 
     return image
 
 
+def _read_transform_on_grid(folder: Path, file_name: str, matrix: np.ndarray, size, what: str, name: str):
+    """The displacement file ``file_name`` (on the ``what`` volume's grid) as a new grid transform node."""
+    field_image = read_displacement(folder / file_name) if (folder / file_name).exists() else None
+    if field_image is None:
+        raise VoxelMorphRegError(f"the engine did not write {file_name}")
+    if not same_geometry(field_image, matrix, size):
+        raise VoxelMorphRegError(f"{file_name}: grid is not the {what} volume's grid")
+    return grid_transform_node_from_displacement(field_image, name=name, ijk_to_ras_matrix=matrix)
+
+
 def stage_outputs(folder, plan: ImportPlan) -> dict:
     """Read the engine's outputs into nodes outside the scene, keyed like :data:`OUTPUT_KEYS`, plus ``metrics``."""
     folder = Path(folder)
@@ -131,20 +140,12 @@ def stage_outputs(folder, plan: ImportPlan) -> dict:
     warped = _read_on_grid(folder, WARPED, plan.fixed_ijk_to_ras, plan.fixed_size, "fixed")
     staged["warped_volume"] = sitk_to_volume(warped, name=names["warped_volume"], ijk_to_ras_matrix=plan.fixed_ijk_to_ras)
 
-    field_image = read_displacement(folder / DISPLACEMENT) if (folder / DISPLACEMENT).exists() else None
-    if field_image is None:
-        raise VoxelMorphRegError(f"the engine did not write {DISPLACEMENT}")
-    if not same_geometry(field_image, plan.fixed_ijk_to_ras, plan.fixed_size):
-        raise VoxelMorphRegError(f"{DISPLACEMENT}: grid is not the fixed volume's grid")
-    staged["transform"] = grid_transform_node_from_displacement(field_image, name=names["transform"], ijk_to_ras_matrix=plan.fixed_ijk_to_ras)
+    staged["transform"] = _read_transform_on_grid(folder, DISPLACEMENT, plan.fixed_ijk_to_ras, plan.fixed_size, "fixed", names["transform"])
 
     if plan.inverse_transform:
-        inverse = read_displacement(folder / INVERSE_DISPLACEMENT) if (folder / INVERSE_DISPLACEMENT).exists() else None
-        if inverse is None:
-            raise VoxelMorphRegError(f"the engine did not write {INVERSE_DISPLACEMENT}")
-        if not same_geometry(inverse, plan.moving_ijk_to_ras, plan.moving_size):
-            raise VoxelMorphRegError(f"{INVERSE_DISPLACEMENT}: grid is not the moving volume's grid")
-        staged["inverse_transform"] = grid_transform_node_from_displacement(inverse, name=names["inverse_transform"], ijk_to_ras_matrix=plan.moving_ijk_to_ras)
+        staged["inverse_transform"] = _read_transform_on_grid(
+            folder, INVERSE_DISPLACEMENT, plan.moving_ijk_to_ras, plan.moving_size, "moving", names["inverse_transform"]
+        )
 
     if plan.moving_segmentation_node is not None:
         labels = _read_on_grid(folder, WARPED_LABELS, plan.fixed_ijk_to_ras, plan.fixed_size, "fixed")

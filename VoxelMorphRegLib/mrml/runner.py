@@ -4,7 +4,8 @@ Sequence:
 
 1. :meth:`RegistrationRunner.start` writes the inputs into a new temporary folder (volumes as
    NRRD with their world geometry; segmentations as label maps on their volume's grid), then
-   starts ``python -m VoxelMorphRegLib.frontends.cli register ...`` in its own process group.
+   starts ``python -m VoxelMorphRegLib.frontends.cli register ...`` in its own process group
+   (:class:`.engine_process.EngineProcess`).
 2. :meth:`RegistrationRunner.poll` (called by a timer in the GUI) or :meth:`RegistrationRunner.wait`
    (blocking, console use) reads the engine's output lines, follows the ``[ NN%] stage`` progress
    lines and, once the process has ended, imports the outputs -- only on success, all at once
@@ -13,18 +14,18 @@ Sequence:
    POSIX, ``taskkill /T`` on Windows), imports nothing and removes the temporary folder.
 
 A failed or cancelled run therefore leaves the scene exactly as it was.
+
+:class:`EngineJob` is what this runner and the training runner (:mod:`.training_runner`) share:
+state, progress, log and their callbacks.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import SimpleITK as sitk
 
 from ..errors import CancelledError, VoxelMorphRegError
 from . import environment
+from .engine_process import EngineProcess
 from .outputs import ImportPlan, OutputTargets, RegistrationResult, commit_outputs, stage_outputs
 from .segmentations import is_label_map, labels_image, labels_to_array, match_fixed_labels, remap
 from .volumes import ijk_to_ras, volume_size, volume_to_sitk
@@ -114,30 +116,6 @@ def _check_volume(node, role: str) -> None:
         raise VoxelMorphRegError(f"{node.GetName()}: the {role} volume has no voxels")
 
 
-def _kill_tree(process: subprocess.Popen) -> None:
-    """Kill the process and every process it started, at once."""
-    if process.poll() is not None:
-        return
-    if os.name == "nt":
-        subprocess.run(
-            ["taskkill", "/F", "/T", "/PID", str(process.pid)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
-            check=False,
-        )
-    else:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    if process.poll() is None:
-        try:
-            process.kill()
-        except OSError:
-            pass
-
-
 def _remove_folder(path) -> None:
     if path is None:
         return
@@ -148,8 +126,78 @@ def _remove_folder(path) -> None:
         time.sleep(0.05 * (attempt + 1))
 
 
-class RegistrationRunner:
+class EngineJob:
+    """What a runner of an engine job keeps: state, progress, log, and the callbacks told of them.
+
+    Subclasses name their engine (:attr:`engine_name`, for messages), the states a run ends in
+    (:attr:`final_states`), and give ``start()``, ``poll()`` and :meth:`_abort` (what a timeout or
+    Ctrl-C in :meth:`_wait_until_finished` does; :attr:`abort_word` says it).
+    """
+
+    engine_name = "engine"
+    final_states: tuple = (SUCCEEDED, FAILED)
+    abort_word = "cancelled"
+
+    def __init__(self, progress_callback=None, log_callback=None, finished_callback=None):
+        self.progress_callback = progress_callback
+        self.log_callback = log_callback
+        self.finished_callback = finished_callback
+        self.state = IDLE
+        self.progress = 0
+        self.stage = ""
+        self.log: list[str] = []
+        self.error = ""
+        self.command: list[str] = []
+        self._engine_error = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+    @property
+    def finished(self) -> bool:
+        return self.state in self.final_states
+
+    def _set_progress(self, percent: int, stage: str) -> None:
+        self.progress, self.stage = percent, stage
+        if self.progress_callback:
+            self.progress_callback(percent, stage)
+
+    def _add_log(self, line: str) -> None:
+        self.log.append(line)
+        if self.log_callback:
+            self.log_callback(line)
+
+    def _fallback_error(self, returncode: int) -> str:
+        """The error of a run whose engine failed without an error line: exit code and last output line."""
+        last = next((line.strip() for line in reversed(self.log) if line.strip() and not line.startswith("$ ")), "")
+        detail = f": {last}" if last else ""
+        return f"the {self.engine_name} engine stopped with exit code {returncode}{detail}"
+
+    def _abort(self) -> None:
+        raise NotImplementedError
+
+    def _wait_until_finished(self, timeout: float | None, interval: float) -> None:
+        """Start if not started; poll until the run is over. On timeout or Ctrl-C, :meth:`_abort` (then raise)."""
+        if self.state == IDLE:
+            self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.poll():
+                if deadline is not None and time.monotonic() > deadline:
+                    self._abort()
+                    raise VoxelMorphRegError(f"{self.engine_name} did not finish within {timeout:g} s; {self.abort_word}")
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            self._abort()
+            raise
+
+
+class RegistrationRunner(EngineJob):
     """One registration: start, poll or wait, cancel. See the module docstring."""
+
+    engine_name = "registration"
+    final_states = (SUCCEEDED, FAILED, CANCELLED)
 
     def __init__(
         self,
@@ -166,6 +214,7 @@ class RegistrationRunner:
         log_callback=None,
         finished_callback=None,
     ):
+        super().__init__(progress_callback, log_callback, finished_callback)
         self.scene = scene
         self.fixed_volume = fixed_volume
         self.moving_volume = moving_volume
@@ -175,43 +224,16 @@ class RegistrationRunner:
         self.targets = targets or OutputTargets()
         self.engine_prefix = list(engine_prefix) if engine_prefix else default_engine_prefix()
         self.temp_root = temp_root if temp_root is not None else default_temp_root()
-        self.progress_callback = progress_callback
-        self.log_callback = log_callback
-        self.finished_callback = finished_callback
 
-        self.state = IDLE
-        self.progress = 0
-        self.stage = ""
-        self.log: list[str] = []
-        self.error = ""
         self.result: RegistrationResult | None = None
-        self.command: list[str] = []
         self.temp_folder: Path | None = None
-        self.process: subprocess.Popen | None = None
-        self._lines: queue.Queue = queue.Queue()
-        self._reader: threading.Thread | None = None
+        self.engine: EngineProcess | None = None
         self._plan: ImportPlan | None = None
-        self._engine_error = ""
-
-    # -- state ---------------------------------------------------------------------------------
 
     @property
-    def running(self) -> bool:
-        return self.state == RUNNING
-
-    @property
-    def finished(self) -> bool:
-        return self.state in (SUCCEEDED, FAILED, CANCELLED)
-
-    def _set_progress(self, percent: int, stage: str) -> None:
-        self.progress, self.stage = percent, stage
-        if self.progress_callback:
-            self.progress_callback(percent, stage)
-
-    def _add_log(self, line: str) -> None:
-        self.log.append(line)
-        if self.log_callback:
-            self.log_callback(line)
+    def process(self) -> subprocess.Popen | None:
+        """The engine's process (``None`` before :meth:`start`)."""
+        return self.engine.process if self.engine is not None else None
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -268,16 +290,7 @@ class RegistrationRunner:
                 self.engine_prefix, paths["fixed"], paths["moving"], paths["out"], self.options, paths.get("moving_labels"), paths.get("fixed_labels")
             )
             self._add_log("$ " + subprocess.list2cmdline(self.command))
-            popen_options = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" else {"start_new_session": True}
-            self.process = subprocess.Popen(
-                self.command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=str(folder),
-                env=environment.engine_environment(),
-                **popen_options,
-            )
+            self.engine = EngineProcess(self.command, cwd=folder, env=environment.engine_environment()).start()
         except BaseException as exc:
             _remove_folder(folder)
             self.temp_folder = None
@@ -289,31 +302,10 @@ class RegistrationRunner:
                 raise VoxelMorphRegError(f"cannot start the registration engine ({exc})") from exc
             raise
         self.state = RUNNING
-        self._reader = threading.Thread(target=self._read_output, name="VoxelMorphReg output", daemon=True)
-        self._reader.start()
         return self
 
-    def _read_output(self) -> None:
-        stream = self.process.stdout
-        pending = b""
-        while True:
-            chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(1)
-            if not chunk:
-                break
-            pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._lines.put(line.decode("utf-8", "replace"))
-        if pending:
-            self._lines.put(pending.decode("utf-8", "replace"))
-        stream.close()
-
     def _drain(self) -> None:
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                return
+        for line in self.engine.read_lines():
             if not line.strip():
                 continue
             self._add_log(line)
@@ -330,10 +322,11 @@ class RegistrationRunner:
         if self.state != RUNNING:
             return self.finished
         self._drain()
-        if self.process.poll() is None or (self._reader is not None and self._reader.is_alive()):
+        returncode = self.engine.poll()  # None until the engine has ended and its output is read
+        if returncode is None:
             return False
         self._drain()
-        self._finish(self.process.returncode)
+        self._finish(returncode)
         return True
 
     def _finish(self, returncode: int) -> None:
@@ -361,21 +354,14 @@ class RegistrationRunner:
     def _fallback_error(self, returncode: int) -> str:
         if returncode == CancelledError.exit_code:
             return "registration interrupted"
-        last = next((line.strip() for line in reversed(self.log) if line.strip() and not line.startswith("$ ")), "")
-        detail = f": {last}" if last else ""
-        return f"the registration engine stopped with exit code {returncode}{detail}"
+        return super()._fallback_error(returncode)
 
     def cancel(self) -> None:
         """Kill the engine and everything it started; import nothing; remove the temporary folder."""
         if self.state != RUNNING:
             return
-        _kill_tree(self.process)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        self.engine.kill()
+        self.engine.wait(timeout=30)
         self._drain()
         self.state = CANCELLED
         self.error = "cancelled"
@@ -384,20 +370,12 @@ class RegistrationRunner:
         if self.finished_callback:
             self.finished_callback(self)
 
+    def _abort(self) -> None:
+        self.cancel()
+
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> RegistrationResult:
         """Block until the run ends; return the result or raise (``CancelledError`` when cancelled)."""
-        if self.state == IDLE:
-            self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not self.poll():
-                if deadline is not None and time.monotonic() > deadline:
-                    self.cancel()
-                    raise VoxelMorphRegError(f"registration did not finish within {timeout:g} s; cancelled")
-                time.sleep(interval)
-        except KeyboardInterrupt:
-            self.cancel()
-            raise
+        self._wait_until_finished(timeout, interval)
         if self.state == SUCCEEDED:
             return self.result
         if self.state == CANCELLED:

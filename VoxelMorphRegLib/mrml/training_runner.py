@@ -41,7 +41,7 @@ import SimpleITK as sitk
 from ..errors import VoxelMorphRegError
 from . import environment
 from .engine_process import EngineProcess
-from .runner import FAILED, IDLE, RUNNING, SUCCEEDED, _check_volume, default_engine_prefix, parse_error
+from .runner import FAILED, IDLE, RUNNING, SUCCEEDED, EngineJob, _check_volume, default_engine_prefix, parse_error
 from .segmentations import LabelInfo, is_label_map, is_segmentation, label_map_infos, labels_image, labels_to_array, match_fixed_labels, segment_infos
 from .volumes import ijk_to_ras, voxel_array, volume_size, volume_to_sitk
 
@@ -463,7 +463,7 @@ def first_image(path) -> Path | None:
 # -- the runner --------------------------------------------------------------------------------------------
 
 
-class TrainingRunner:
+class TrainingRunner(EngineJob):
     """One training run: start, poll or wait, stop. See the module docstring.
 
     Data: either ``subjects`` (scene ``(volume, segmentation-or-None)`` pairs, plus optional
@@ -472,6 +472,10 @@ class TrainingRunner:
     ``plot`` (a :class:`.training_plot.TrainingPlot`) and ``rows_callback`` get the new ``log.csv``
     rows at every :meth:`poll`.
     """
+
+    engine_name = "training"
+    final_states = (SUCCEEDED, FAILED, STOPPED)
+    abort_word = "stopped"
 
     def __init__(
         self,
@@ -491,6 +495,7 @@ class TrainingRunner:
         finished_callback=None,
         plot=None,
     ):
+        super().__init__(progress_callback, log_callback, finished_callback)
         self.out = Path(out) if out else None
         self.options = options or TrainOptions()
         self.data = data
@@ -501,28 +506,18 @@ class TrainingRunner:
         self.atlas_volume = atlas_volume
         self.engine_prefix = list(engine_prefix) if engine_prefix else default_engine_prefix()
         self.stop_timeout_s = float(stop_timeout_s)
-        self.progress_callback = progress_callback
-        self.log_callback = log_callback
         self.rows_callback = rows_callback
-        self.finished_callback = finished_callback
         self.plot = plot  # a TrainingPlot (or anything with add_rows) that gets every log.csv row
 
-        self.state = IDLE
-        self.progress = 0
-        self.stage = ""
         self.step = 0
         self.total_steps = int(self.options.steps)
         self.last_progress: StepProgress | None = None
         self.rows: list[TrainingRow] = []
-        self.log: list[str] = []
-        self.error = ""
         self.checkpoint: Path | None = None
-        self.command: list[str] = []
         self.training_data: TrainingData | None = None
         self.process: EngineProcess | None = None
         self.returncode: int | None = None
         self._reader: TrainingLogReader | None = None
-        self._engine_error = ""
         self._stop_requested_at: float | None = None
         self._subjects_total = 0
         self._subjects_prepared = 0
@@ -530,16 +525,8 @@ class TrainingRunner:
     # -- state ---------------------------------------------------------------------------------
 
     @property
-    def running(self) -> bool:
-        return self.state == RUNNING
-
-    @property
     def stopping(self) -> bool:
         return self.state == RUNNING and self._stop_requested_at is not None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in (SUCCEEDED, FAILED, STOPPED)
 
     @property
     def best_path(self) -> Path | None:
@@ -548,16 +535,6 @@ class TrainingRunner:
     @property
     def last_path(self) -> Path | None:
         return self.out / "last.pt" if self.out else None
-
-    def _set_progress(self, percent: int, stage: str) -> None:
-        self.progress, self.stage = percent, stage
-        if self.progress_callback:
-            self.progress_callback(percent, stage)
-
-    def _add_log(self, line: str) -> None:
-        self.log.append(line)
-        if self.log_callback:
-            self.log_callback(line)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -707,11 +684,6 @@ class TrainingRunner:
             if self.finished_callback:
                 self.finished_callback(self)
 
-    def _fallback_error(self, returncode: int) -> str:
-        last = next((line.strip() for line in reversed(self.log) if line.strip() and not line.startswith("$ ")), "")
-        detail = f": {last}" if last else ""
-        return f"the training engine stopped with exit code {returncode}{detail}"
-
     def attach_plot(self, plot) -> None:
         """Send the rows to ``plot`` from now on, starting with every row read so far (e.g. a new plot after a scene close)."""
         self.plot = plot
@@ -739,20 +711,12 @@ class TrainingRunner:
             while not self.poll():
                 time.sleep(0.05)
 
+    def _abort(self) -> None:
+        self.stop(wait=True)
+
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> Path | None:
         """Block until the run ends; return the checkpoint (``None`` when stopped before any) or raise."""
-        if self.state == IDLE:
-            self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not self.poll():
-                if deadline is not None and time.monotonic() > deadline:
-                    self.stop(wait=True)
-                    raise VoxelMorphRegError(f"training did not finish within {timeout:g} s; stopped")
-                time.sleep(interval)
-        except KeyboardInterrupt:
-            self.stop(wait=True)
-            raise
+        self._wait_until_finished(timeout, interval)
         if self.state == FAILED:
             raise VoxelMorphRegError(self.error or "training failed")
         return self.checkpoint

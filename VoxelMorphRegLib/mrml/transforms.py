@@ -27,7 +27,7 @@ from vtk.util import numpy_support
 import slicer
 
 from ..errors import VoxelMorphRegError
-from .volumes import LPS_TO_RAS, ijk_to_ras_from_sitk, lps_geometry, matrix_to_numpy, numpy_to_matrix
+from .volumes import LPS_TO_RAS, ijk_to_ras_from_sitk, matrix_to_numpy, numpy_to_matrix, set_lps_geometry
 
 _FLIP = np.array([-1.0, -1.0, 1.0])
 
@@ -105,11 +105,7 @@ def _grid_geometry(grid: slicer.vtkOrientedGridTransform):
 
 def _vector_image(vectors_lps: np.ndarray, ijk_to_ras_matrix: np.ndarray) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(vectors_lps, dtype=np.float64), isVector=True)
-    origin, spacing, direction = lps_geometry(ijk_to_ras_matrix, "displacement field")
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    return image
+    return set_lps_geometry(image, ijk_to_ras_matrix, "displacement field")
 
 
 def _reference_points_ras(ijk_to_ras_matrix: np.ndarray, size, k: int) -> np.ndarray:
