@@ -43,6 +43,7 @@ from . import environment
 from .engine_process import EngineProcess
 from .runner import FAILED, IDLE, RUNNING, SUCCEEDED, EngineJob, _check_volume, default_engine_prefix, parse_error
 from .segmentations import LabelInfo, is_label_map, is_segmentation, label_map_infos, labels_image, labels_to_array, match_fixed_labels, segment_infos
+from ..pipelines.training_sources import sources_from
 from .volumes import ijk_to_ras, voxel_array, volume_size, volume_to_sitk
 
 STOPPED = "stopped"
@@ -50,9 +51,6 @@ STOPPED = "stopped"
 SIMILARITIES = ("lncc", "mse")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_COLUMNS = ("step", "loss", "similarity", "smoothness", "dice_loss", "learning_rate", "seconds_per_step", "validation_dice")
-# What the engine's folder reader (pipelines/train.py: sources_from) takes as images and as label maps.
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-LABEL_TAGS = ("seg", "labels", "label", "aseg")
 
 STEP_LINE = re.compile(r"^step\s+(\d+)/(\d+)\b(.*)$")
 _LOSS = re.compile(r"\bloss=(\S+)")
@@ -428,36 +426,13 @@ def write_training_data(folder, train_pairs, validation_pairs=(), atlas_volume=N
     return TrainingData(folder, train_csv, validation_csv, atlas, legend)
 
 
-def _strip_suffix(name: str) -> str:
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def first_image(path) -> Path | None:
     """The first subject's image of a training folder or CSV, in the engine's order (``None`` if labels only)."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as stream:
-            for row in csv.DictReader(stream):
-                image = (row.get("image") or "").strip()
-                if image:
-                    return Path(image) if os.path.isabs(image) else path.parent / image
+    try:
+        sources = sources_from(path)
+    except VoxelMorphRegError:
         return None
-    if not path.is_dir():
-        return None
-    groups: dict[str, list] = {}
-    for file in sorted(path.iterdir()):
-        stem = _strip_suffix(file.name)
-        if stem == file.name:
-            continue
-        key, _, tag = stem.rpartition("_")
-        if not (tag.lower() in LABEL_TAGS and key):
-            groups.setdefault(key if key else stem, []).append(file)
-    for key in sorted(groups):
-        return groups[key][0]
-    return None
+    return next((Path(source.image) for source in sources if source.image), None)
 
 
 # -- the runner --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from ..checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+from .training_sources import SubjectSource, sources_from  # noqa: F401  (re-exported)
 from ..errors import VoxelMorphRegError
 from ..image.affine import affine_register
 from ..image.io import atomic_path, ensure_output_folder, read_labels, read_volume
@@ -41,18 +42,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import get_worker_info
 from .label_metrics import dice_per_label
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-LABEL_TAGS = ("seg", "labels", "label", "aseg")
-# FreeSurfer IDs of brain structures; other labels of whole-head maps (skull, skin, extra-cerebral
-# CSF...) become background when --skull-strip-labels is given, to mimic skull-stripped images.
+# FreeSurfer IDs of brain structures are kept; other labels of whole-head maps (skull, skin,
+# extra-cerebral CSF...) become background with --skull-strip-labels, to mimic skull-stripped images.
 NON_BRAIN_ASEG = {24}
-
-
-@dataclass
-class SubjectSource:
-    name: str
-    image: str | None
-    labels: str | None
 
 
 @dataclass
@@ -81,53 +73,6 @@ class TrainingOptions:
     skull_strip_labels: bool = False
     eval_labels: list = field(default_factory=list)
     command: str = ""
-
-
-def _strip_suffix(name: str) -> str:
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def sources_from(path) -> list[SubjectSource]:
-    """Subjects of a CSV (``image,labels`` columns) or a folder (``NAME_<tag>`` pairs images with labels)."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".csv":
-        rows = list(csv.DictReader(path.open()))
-        if not rows or not ({"image", "labels"} & set(rows[0])):
-            raise VoxelMorphRegError(f"{path}: a training CSV needs an 'image' and/or 'labels' column")
-        sources = []
-        for number, row in enumerate(rows, start=1):
-            image = (row.get("image") or "").strip() or None
-            labels = (row.get("labels") or "").strip() or None
-            if image is None and labels is None:
-                raise VoxelMorphRegError(f"{path}: row {number} names neither an image nor labels")
-            resolve = lambda p: p if p is None or os.path.isabs(p) else str(path.parent / p)  # noqa: E731
-            name = (row.get("name") or "").strip() or _strip_suffix(Path(image or labels).name)
-            sources.append(SubjectSource(name, resolve(image), resolve(labels)))
-        return sources
-    if not path.is_dir():
-        raise VoxelMorphRegError(f"{path}: training data must be a folder or a .csv file")
-    groups: dict[str, dict] = {}
-    for file in sorted(path.iterdir()):
-        stem = _strip_suffix(file.name)
-        if stem == file.name:
-            continue
-        key, _, tag = stem.rpartition("_")
-        if tag.lower() in LABEL_TAGS and key:
-            groups.setdefault(key, {})["labels"] = str(file)
-        else:
-            groups.setdefault(key if key else stem, {}).setdefault("images", []).append(str(file))
-    sources = []
-    for key, group in sorted(groups.items()):
-        images = group.get("images", [None])
-        for image in images:
-            name = _strip_suffix(Path(image).name) if image else key
-            sources.append(SubjectSource(name, image, group.get("labels")))
-    if not sources:
-        raise VoxelMorphRegError(f"{path}: no volumes found (expected {', '.join(IMAGE_SUFFIXES)})")
-    return sources
 
 
 def _pseudo_image(labels: sitk.Image) -> sitk.Image:
@@ -408,7 +353,7 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
                 if val_dice > best:
                     best = val_dice
                     provenance.update({"best_step": step, "best_validation_dice": round(best, 4)})
-                    config.training = provenance
+                    config.training = _provenance(provenance, step, options, started)
                     save_checkpoint(best_path, network, config)
             writer.writerow([step, f"{loss.item():.5f}", f"{sim.item():.5f}", f"{smooth.item():.5f}", f"{dice_value.item():.5f}", f"{scheduler.get_last_lr()[0]:.3g}", f"{rate:.3f}", "" if val_dice == "" else f"{val_dice:.4f}"])
             if board:
@@ -441,11 +386,16 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
     return {"step": step, "best_validation_dice": best, "out": str(out), "rank": ranks.rank, "processes": ranks.world}
 
 
-def _save_last(path, network, optimiser, scheduler, config, provenance, step, best, options, started):
+def _provenance(provenance: dict, step: int, options: TrainingOptions, started: float) -> dict:
+    """What a checkpoint records of how it was made: steps, command, hardware, options, wall time."""
     provenance = dict(provenance)
     provenance.update({"steps": step, "command": options.command, "hardware": _hardware(options.device), "options": asdict(options)})
     provenance["wall_seconds"] = round(provenance.get("wall_seconds_before_resume", 0.0) + time.perf_counter() - started, 1)
-    config.training = provenance
+    return provenance
+
+
+def _save_last(path, network, optimiser, scheduler, config, provenance, step, best, options, started):
+    config.training = _provenance(provenance, step, options, started)
     save_checkpoint(path, network, config, extra={"optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "best_dice": best if math.isfinite(best) else -1.0})
 
 
