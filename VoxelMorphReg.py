@@ -105,7 +105,7 @@ class VoxelMorphRegParameterNode:
     userModels: list[str]
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     affine: bool = True
-    refineIterations: Annotated[int, WithinRange(0, 2000)] = 0
+    refineIterations: Annotated[int, WithinRange(-1, 2000)] = -1  # -1: the model's own default
     integrationSteps: Annotated[int, WithinRange(0, 20)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     outputTransform: vtkMRMLTransformNode
@@ -796,7 +796,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         model=None,
         device="auto",
         affine=True,
-        refineIterations=0,
+        refineIterations=None,
         integrationSteps=None,
         outputVolume=None,
         outputTransform=None,
@@ -837,7 +837,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             model=model or BUNDLED_MODEL,
             device=device or "auto",
             affine=bool(affine),
-            refine_iterations=int(refineIterations or 0),
+            refine_iterations=None if refineIterations is None or int(refineIterations) < 0 else int(refineIterations),
             integration_steps=int(integrationSteps) if integrationSteps else None,
             inverse_transform=bool(inverseTransform or outputInverseTransform),
             jacobian=bool(jacobian or outputJacobian),

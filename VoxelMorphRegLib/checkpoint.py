@@ -29,6 +29,9 @@ class ModelConfig:
     spacing: list = field(default_factory=lambda: [2.0, 2.0, 2.0])  # model grid, mm
     orientation: str = "LIA"  # model grid axes, SimpleITK orientation code
     intensity: dict = field(default_factory=lambda: {"method": "percentile", "low": 0.5, "high": 99.5})
+    # Per-pair refinement iterations `register` runs by default with this model (``--refine``
+    # overrides): 0 for a model that is good alone; more for one whose card shows refinement helps.
+    default_refine_iterations: int = 0
     training: dict = field(default_factory=dict)  # provenance: data, command, steps, hardware, metrics
 
     def build(self) -> RegistrationNetwork:

@@ -121,3 +121,15 @@ def test_progress_goes_to_stderr_and_quiet_silences_it(pair, tmp_path):
     assert "[100%] done" in loud.stderr and loud.stdout == ""
     quiet = subprocess.run(env_cmd + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True, cwd=ROOT)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_the_model_sets_the_default_refinement_and_refine_overrides_it(pair, tmp_path):
+    model = tmp_path / "refining.pt"
+    config = ModelConfig(encoder_features=[4, 8, 8], decoder_features=[8], svf_level=1, default_refine_iterations=3)
+    save_checkpoint(model, config.build(), config)
+    for extra, expected in [([], 3), (["--refine", "0"], 0), (["--refine", "2"], 2)]:
+        out = tmp_path / f"out{expected}"
+        assert main(["register", pair["fixed"], pair["moving"], "--out", str(out), "--model", str(model), "--no-affine", "--no-qc", "--quiet", *extra]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["refine_iterations"] == expected
+        assert ("refine" in metrics["seconds"]) == (expected > 0)

@@ -196,7 +196,9 @@ def test_command_line_matches_the_engine_parser():
     assert (args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels) == ("f.nrrd", "m.nrrd", "out", "ml.nrrd", "fl.nrrd")
     assert (args.model, args.device, args.no_affine, args.refine, args.integration_steps, args.no_qc) == ("/m/model.pt", "cuda", True, 50, 9, True)
     defaults = build_parser().parse_args(runner_module.build_command(["x"], "f", "m", "o", RegistrationOptions())[1:])
-    assert (defaults.model, defaults.device, defaults.no_affine, defaults.refine, defaults.integration_steps) == ("bundled", "auto", False, 0, None)
+    assert (defaults.model, defaults.device, defaults.no_affine, defaults.refine, defaults.integration_steps) == ("bundled", "auto", False, None, None)  # None: the model's own refinement default
+    network_only = build_parser().parse_args(runner_module.build_command(["x"], "f", "m", "o", RegistrationOptions(refine_iterations=0))[1:])
+    assert network_only.refine == 0
 
 
 def test_success_adds_exactly_the_expected_nodes(setup):

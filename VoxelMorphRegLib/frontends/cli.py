@@ -31,7 +31,7 @@ def _add_register(sub):
     p.add_argument("--model", default="bundled", help="model file, 'bundled' (default) or 'none' (optimisation only)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment (images already aligned)")
-    p.add_argument("--refine", type=int, default=0, metavar="N", help="N iterations of per-pair refinement (default 0; 'none' model: default 200)")
+    p.add_argument("--refine", type=int, default=None, metavar="N", help="N iterations of per-pair refinement (default: the model's own default, 50 for the bundled v1; 200 with --model none; 0 for the network alone)")
     p.add_argument("--integration-steps", type=int, default=None, metavar="N", help="scaling-and-squaring steps (default: the model's)")
     p.add_argument("--no-qc", action="store_true", help="do not draw qc.png")
     p.add_argument("--quiet", action="store_true", help="no progress messages")

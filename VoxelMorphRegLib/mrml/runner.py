@@ -52,7 +52,7 @@ class RegistrationOptions:
     model: str | None = None  # model file, "bundled" (None means bundled) or "none"
     device: str = "auto"  # auto, cpu or cuda
     affine: bool = True
-    refine_iterations: int = 0
+    refine_iterations: int | None = None  # None or < 0: the model's own default
     integration_steps: int | None = None  # None or 0: the model's own
     qc: bool = False
     inverse_transform: bool = False
@@ -84,7 +84,8 @@ def build_command(prefix, fixed, moving, out, options: RegistrationOptions, movi
     command += ["--model", str(options.model or "bundled"), "--device", str(options.device or "auto")]
     if not options.affine:
         command.append("--no-affine")
-    command += ["--refine", str(int(options.refine_iterations or 0))]
+    if options.refine_iterations is not None and int(options.refine_iterations) >= 0:
+        command += ["--refine", str(int(options.refine_iterations))]
     if options.integration_steps:
         command += ["--integration-steps", str(int(options.integration_steps))]
     if not options.qc:

@@ -62,9 +62,8 @@ def run_demo(out, model: str = "bundled", device: str = "auto", seed: int = 0, l
 
     from .register import RegisterOptions, register_files
 
-    # No per-pair refinement with a model (what a user gets by default); register's own
-    # default (None) for the optimisation-only 'none' model, where 0 would leave nothing to do.
-    refine = None if str(model).lower() == "none" else 0
+    # What a user gets by default: the model's own refinement default (200 iterations without a model).
+    refine = None
     options = RegisterOptions(model=model, device=device, affine=True, refine_iterations=refine, integration_steps=None, qc=True)
     result = register_files(paths["fixed"], paths["moving"], out, options, log=log)
 

@@ -61,7 +61,7 @@ class RegisterOptions:
     model: str = "bundled"  # a checkpoint path, "bundled" or "none" (optimisation only)
     device: str = "auto"
     affine: bool = True
-    refine_iterations: int | None = 0  # None: 0 with a model, DEFAULT_NONE_REFINEMENT without
+    refine_iterations: int | None = None  # None: the model's default_refine_iterations, DEFAULT_NONE_REFINEMENT without a model
     integration_steps: int | None = None
     qc: bool = True
     refine_learning_rate: float = 0.1
@@ -162,7 +162,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
     network, config, model_description = load_model(options.model, fixed)
     refine_iterations = options.refine_iterations
     if refine_iterations is None:
-        refine_iterations = DEFAULT_NONE_REFINEMENT if network is None else 0
+        refine_iterations = DEFAULT_NONE_REFINEMENT if network is None else int(config.default_refine_iterations)
     if network is None and refine_iterations <= 0:
         refine_iterations = DEFAULT_NONE_REFINEMENT
     if refine_iterations < 0:
