@@ -111,3 +111,23 @@ def test_torchrun_two_processes_with_gloo(dataset, tmp_path):
     assert "distributed training: 2 processes, backend gloo" in result.stderr
     _, config, payload = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert payload["step"] == 3 and config.training["processes"] == 2
+
+
+def test_to_atlas_pairs_always_use_the_atlas_as_fixed(dataset, tmp_path):
+    import torch
+
+    config = tiny_config()
+    subjects = training.prepare_all(training.sources_from(dataset / "train.csv"), dataset / "a_norm.nii.gz", config, tmp_path, False, align=False, log=lambda m: None)
+    atlas = training.prepare_all([training.SubjectSource("atlas", str(dataset / "a_norm.nii.gz"), str(dataset / "a_seg.nii.gz"))], dataset / "a_norm.nii.gz", config, tmp_path, False, align=False, log=lambda m: None)[0]
+    stream = iter(training.RandomPairs(subjects[1:], augment_voxels=1.0, seed=0, atlas=atlas))
+    for _ in range(3):
+        pair = next(stream)
+        assert torch.equal(pair["fixed"][0, 0], torch.from_numpy(atlas.image))  # the atlas is kept as it is
+        assert torch.equal(pair["fixed_labels"][0, 0], torch.from_numpy(atlas.labels))
+    code = main([
+        "train", "--data", str(dataset / "train.csv"), "--atlas", str(dataset / "a_norm.nii.gz"), "--atlas-labels", str(dataset / "a_seg.nii.gz"),
+        "--pairs", "to-atlas", "--out", str(tmp_path / "run"), "--steps", "2", "--no-affine", "--quiet",
+    ])
+    assert code == 0
+    _, config, _ = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert config.training["pairs"] == "to-atlas"

@@ -53,6 +53,8 @@ def _add_train(sub):
     p.add_argument("--atlas", required=True, help="volume whose space defines the model grid; every subject is affinely aligned to it")
     p.add_argument("--out", required=True, help="folder for checkpoints (last.pt, best.pt), log.csv and TensorBoard logs")
     p.add_argument("--init", help="start from this model's weights (fine-tuning)")
+    p.add_argument("--pairs", choices=["random", "to-atlas"], default="random", help="random pairs between subjects, or every subject registered to --atlas")
+    p.add_argument("--atlas-labels", help="label map of --atlas (for the Dice loss with --pairs to-atlas)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--similarity", choices=["lncc", "mse"], default="lncc")
@@ -118,7 +120,11 @@ def _run_train(args, log):
     log(f"{len(train_sources)} training and {len(val_sources)} validation subjects; preparing them on the model grid")
     train_subjects = training.prepare_all(train_sources, args.atlas, config, cache, args.skull_strip_labels, not args.no_affine, log)
     val_subjects = training.prepare_all(val_sources, args.atlas, config, cache, args.skull_strip_labels, not args.no_affine, log)
-    config.training = {**config.training, "data": args.data, "validation": args.val, "atlas": args.atlas}
+    atlas_subject = None
+    if args.pairs == "to-atlas":
+        atlas_source = training.SubjectSource("atlas", args.atlas, args.atlas_labels)
+        atlas_subject = training.prepare_all([atlas_source], args.atlas, config, cache, False, False, log)[0]
+    config.training = {**config.training, "data": args.data, "validation": args.val, "atlas": args.atlas, "pairs": args.pairs}
     options = training.TrainingOptions(
         out=args.out,
         steps=args.steps,
@@ -137,7 +143,7 @@ def _run_train(args, log):
         eval_labels=eval_labels,
         command="voxelmorphreg " + " ".join(shlex.quote(a) for a in args.argv),
     )
-    summary = training.train(options, train_subjects, val_subjects, config, log=log, init=args.init)
+    summary = training.train(options, train_subjects, val_subjects, config, log=log, init=args.init, atlas=atlas_subject)
     log(f"finished at step {summary['step']}; best validation Dice {summary['best_validation_dice']:.4f}; best model: {args.out}/best.pt")
 
 

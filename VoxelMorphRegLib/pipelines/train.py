@@ -131,24 +131,26 @@ class RandomPairs(IterableDataset):
     ``[1, 1, K, J, I]``; labels are ``None`` for unlabelled subjects.
     """
 
-    def __init__(self, subjects: list[Subject], augment_voxels: float, seed: int, augment: bool = True):
+    def __init__(self, subjects: list[Subject], augment_voxels: float, seed: int, augment: bool = True, atlas: Subject | None = None):
         super().__init__(data=subjects)
-        if len(subjects) < 2:
-            raise VoxelMorphRegError("training needs at least two subjects")
+        if len(subjects) < (1 if atlas is not None else 2):
+            raise VoxelMorphRegError("training needs at least two subjects (or one and --pairs to-atlas)")
         self.subjects = subjects
         self.augment_voxels = augment_voxels
         self.seed = seed
         self.augment = augment
+        self.atlas = atlas  # every pair registers a subject to this one (kept as it is) when given
 
-    def draw(self, subject: Subject, generator: torch.Generator):
+    def draw(self, subject: Subject, generator: torch.Generator, augment: bool | None = None):
+        augment = self.augment if augment is None else augment
         labels = None if subject.labels is None else torch.from_numpy(np.ascontiguousarray(subject.labels))[None, None]
         if subject.image is None:
             image = image_from_labels(labels, generator=generator)
         else:
             image = torch.from_numpy(np.ascontiguousarray(subject.image))[None, None]
-            if self.augment:
+            if augment:
                 image = corrupt_intensity(image, generator=generator)
-        if self.augment and self.augment_voxels > 0:
+        if augment and self.augment_voxels > 0:
             # drawn and integrated on a half-resolution grid (it is smooth), then upsampled
             shape = image.shape[2:]
             half = [max(2, n // 2) for n in shape]
@@ -167,9 +169,14 @@ class RandomPairs(IterableDataset):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         generator = torch.Generator().manual_seed(self.seed + 1000 * worker + 100_000 * rank)
         while True:
-            a, b = torch.randperm(len(self.subjects), generator=generator)[:2].tolist()
-            moving, moving_labels = self.draw(self.subjects[a], generator)
-            fixed, fixed_labels = self.draw(self.subjects[b], generator)
+            if self.atlas is not None:
+                a = int(torch.randint(len(self.subjects), (1,), generator=generator))
+                moving, moving_labels = self.draw(self.subjects[a], generator)
+                fixed, fixed_labels = self.draw(self.atlas, generator, augment=False)
+            else:
+                a, b = torch.randperm(len(self.subjects), generator=generator)[:2].tolist()
+                moving, moving_labels = self.draw(self.subjects[a], generator)
+                fixed, fixed_labels = self.draw(self.subjects[b], generator)
             yield {"moving": moving, "fixed": fixed, "moving_labels": moving_labels, "fixed_labels": fixed_labels}
 
 
@@ -245,11 +252,12 @@ class _Distributed:
             dist.destroy_process_group()
 
 
-def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects: list[Subject], config: ModelConfig, log=print, should_stop=lambda: False, init: str | None = None) -> dict:
+def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects: list[Subject], config: ModelConfig, log=print, should_stop=lambda: False, init: str | None = None, atlas: Subject | None = None) -> dict:
     """Run (or resume) training; return a summary. Checkpoints: ``last.pt`` and ``best.pt`` in ``out``.
 
     Under ``torchrun --nproc_per_node=N`` every process trains on its own random pairs and
     DistributedDataParallel averages the gradients; only rank 0 validates, logs and writes.
+    With ``atlas`` (a prepared subject), every pair registers a training subject to it.
     """
     out = ensure_output_folder(options.out)
     ranks = _Distributed(options.device)
@@ -281,7 +289,7 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
         log(f"starting from the weights of {init}")
     velocity_net = ranks.wrap(network.unet)  # the only part with parameters
     mean_spacing = float(np.mean(config.spacing))
-    pairs = RandomPairs(train_subjects, options.augment_displacement_mm / mean_spacing, options.seed + 7919 * start_step)
+    pairs = RandomPairs(train_subjects, options.augment_displacement_mm / mean_spacing, options.seed + 7919 * start_step, atlas=atlas)
     loader = DataLoader(pairs, batch_size=None, collate_fn=_as_is, num_workers=options.workers, persistent_workers=options.workers > 0)
     batches = iter(loader)
     val = validation_pairs(val_subjects, options.seed) if ranks.main else []
