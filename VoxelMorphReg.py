@@ -357,8 +357,6 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startRegistration(self):
         """Start a registration with the panel's settings; returns the runner (or None if it did not start)."""
-        from VoxelMorphRegLib.errors import VoxelMorphRegError
-
         p = self._parameterNode
         self.ui.logTextEdit.clear()
         self.ui.statusLabel.text = ""
@@ -391,16 +389,9 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 logCallback=self.onLogLine,
                 finishedCallback=self.onFinished,
             )
-        except VoxelMorphRegError as exc:
+        except Exception as exc:  # VoxelMorphRegError, or e.g. pip failing while installing dependencies
             self._runner = None
-            self.ui.statusLabel.text = _("Error: {message}").format(message=exc)
-            slicer.util.errorDisplay(_("Registration could not start: {message}").format(message=exc))
-            return None
-        except Exception as exc:  # e.g. pip failing while installing dependencies
-            logging.exception("VoxelMorphReg: registration could not start")
-            self._runner = None
-            self.ui.statusLabel.text = _("Error: {message}").format(message=exc)
-            slicer.util.errorDisplay(_("Registration could not start: {message}").format(message=exc), detailedText=str(exc))
+            self._reportStartFailure(_("Registration could not start: {message}"), self.ui.statusLabel, exc)
             return None
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
@@ -408,6 +399,17 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.start()
         self.updateGUIFromParameterNode()
         return self._runner
+
+    def _reportStartFailure(self, template: str, statusLabel, exc: Exception) -> None:
+        """Show why a run could not start: the engine's one-line message, or the details of anything unexpected."""
+        from VoxelMorphRegLib.errors import VoxelMorphRegError
+
+        statusLabel.text = _("Error: {message}").format(message=exc)
+        if isinstance(exc, VoxelMorphRegError):
+            slicer.util.errorDisplay(template.format(message=exc))
+        else:
+            logging.exception("VoxelMorphReg: a run could not start")
+            slicer.util.errorDisplay(template.format(message=exc), detailedText=str(exc))
 
     def onPollTimer(self) -> None:
         self._pollDeviceProbe()
@@ -489,8 +491,6 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startTraining(self):
         """Start a training with the panel's settings; returns the runner (or None if it did not start)."""
-        from VoxelMorphRegLib.errors import VoxelMorphRegError
-
         p = self._parameterNode
         if not p:
             return None
@@ -527,16 +527,9 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 logCallback=self.onLogLine,
                 finishedCallback=self.onTrainFinished,
             )
-        except VoxelMorphRegError as exc:
+        except Exception as exc:  # VoxelMorphRegError, or e.g. pip failing while installing dependencies
             self._trainRunner = None
-            self.ui.trainStatusLabel.text = _("Error: {message}").format(message=exc)
-            slicer.util.errorDisplay(_("Training could not start: {message}").format(message=exc))
-            return None
-        except Exception as exc:  # e.g. pip failing while installing dependencies
-            logging.exception("VoxelMorphReg: training could not start")
-            self._trainRunner = None
-            self.ui.trainStatusLabel.text = _("Error: {message}").format(message=exc)
-            slicer.util.errorDisplay(_("Training could not start: {message}").format(message=exc), detailedText=str(exc))
+            self._reportStartFailure(_("Training could not start: {message}"), self.ui.trainStatusLabel, exc)
             return None
         self.ui.trainProgressBar.value = 0
         self.ui.trainProgressBar.setVisible(True)
