@@ -49,8 +49,8 @@ def model_grid(fixed: sitk.Image, spacing, orientation: str, divisor: int) -> si
     corners = physical_corners(fixed) @ direction  # coordinates along the model axes
     low, high = corners.min(axis=0), corners.max(axis=0)
     extent = high - low
-    size = np.array([max(divisor, int(math.ceil(e / s - 1e-6 / s)) if e > 0 else divisor) for e, s in zip(extent, spacing)])
-    size = np.array([int(math.ceil(n / divisor) * divisor) for n in size])
+    voxels = [max(1, math.ceil(e / s - 1e-6)) for e, s in zip(extent, spacing)]  # the tolerance absorbs rounding
+    size = np.array([math.ceil(n / divisor) * divisor for n in voxels])
     centre = (low + high) / 2
     first_centre = centre - (size - 1) / 2 * spacing  # along model axes
     grid = sitk.Image([int(n) for n in size], sitk.sitkFloat32)

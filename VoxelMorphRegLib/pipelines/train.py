@@ -24,9 +24,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.distributed as dist
+from monai.data import DataLoader, IterableDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import get_worker_info
 
 from ..checkpoint import ModelConfig, load_checkpoint, save_checkpoint
-from .training_sources import SubjectSource, sources_from  # noqa: F401  (re-exported)
 from ..errors import VoxelMorphRegError
 from ..image.affine import affine_register
 from ..image.io import atomic_path, ensure_output_folder, read_labels, read_volume
@@ -35,12 +38,8 @@ from ..tensor.devices import select_device
 from ..tensor.losses import ImageSimilarity, LabelDice, Smoothness, one_hot
 from ..tensor.synthesis import corrupt_intensity, image_from_labels, random_deformation
 from ..tensor.warping import resize_flow, warp, warp_labels
-
-import torch.distributed as dist
-from monai.data import DataLoader, IterableDataset
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import get_worker_info
 from .label_metrics import dice_per_label
+from .training_sources import SubjectSource, sources_from  # noqa: F401  (re-exported)
 
 # FreeSurfer IDs of brain structures are kept; other labels of whole-head maps (skull, skin,
 # extra-cerebral CSF...) become background with --skull-strip-labels, to mimic skull-stripped images.
