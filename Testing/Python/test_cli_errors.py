@@ -173,3 +173,24 @@ def test_expected_faults_print_no_traceback_in_a_real_process(tmp_path, good):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"voxelmorphreg: error: moving image {tmp_path / 'absent.nii.gz'}: no such file or folder"]
+
+
+def test_refinement_counts_are_checked(tmp_path, capsys, good):
+    code, err = run_cli(capsys, "register", good, good, "--out", tmp_path / "out", "--model", "none", "--refine", "-5")
+    assert_one_line_error(code, err, "--refine must be >= 0")
+    code, err = run_cli(capsys, "register", good, good, "--out", tmp_path / "out", "--model", "none", "--refine", "0")
+    assert_one_line_error(code, err, "--model none", "--refine N")
+
+
+def test_label_values_beyond_32_bits_are_refused(tmp_path, capsys, good):
+    image = sitk.ReadImage(str(good))
+    labels = sitk.Cast(image > 0.2, sitk.sitkUInt32) * 3_000_000_000
+    path = tmp_path / "big_labels.nrrd"
+    sitk.WriteImage(labels, str(path))
+    code, err = run_cli(capsys, "register", good, good, "--out", tmp_path / "out", "--model", "none", "--moving-labels", path)
+    assert_one_line_error(code, err, "do not fit 32-bit integers")
+
+
+def test_train_rejects_an_impossible_svf_level(tmp_path, capsys, good):
+    code, err = run_cli(capsys, "train", "--data", tmp_path, "--atlas", good, "--out", tmp_path / "run", "--svf-level", "4")
+    assert_one_line_error(code, err, "--svf-level")

@@ -87,8 +87,12 @@ def test_labels_are_carried_without_new_values_and_dice_improves(pair, registere
 def test_metrics_report_time_device_and_folding(registered):
     metrics = json.loads((registered / "metrics.json").read_text())
     assert metrics["device"] == "cpu"
-    for stage in ["refine", "field", "warp", "write", "total"]:
-        assert metrics["seconds"][stage] >= 0
+    seconds = metrics["seconds"]
+    sequential = ["read", "model", "model_grid", "refine", "integration", "field", "warp", "metrics"]
+    assert all(seconds[stage] >= 0 for stage in sequential + ["write", "qc"])
+    # the stages run one after the other, except writing and the QC figure, which overlap
+    assert sum(seconds[stage] for stage in sequential) + max(seconds["write"], seconds["qc"]) <= seconds["total"] + 0.05
+    assert seconds["total"] <= sum(seconds[stage] for stage in sequential) + seconds["write"] + seconds["qc"] + 1.0
     assert 0 <= metrics["folding_fraction"] < 0.001
     assert metrics["std_log_jacobian"] < 0.2
     jac = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "jacobian.nii.gz")))
@@ -133,3 +137,12 @@ def test_the_model_sets_the_default_refinement_and_refine_overrides_it(pair, tmp
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["refine_iterations"] == expected
         assert ("refine" in metrics["seconds"]) == (expected > 0)
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_stale_outputs(pair, tmp_path):
+    out = tmp_path / "out"
+    common = ["register", pair["fixed"], pair["moving"], "--out", str(out), "--model", "none", "--no-affine", "--refine", "3", "--quiet"]
+    assert main(common + ["--moving-labels", pair["moving_labels"]]) == 0
+    assert (out / "warped_labels.nii.gz").exists() and (out / "qc.png").exists()
+    assert main(common + ["--no-qc"]) == 0
+    assert not (out / "warped_labels.nii.gz").exists() and not (out / "qc.png").exists()

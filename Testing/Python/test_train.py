@@ -131,3 +131,21 @@ def test_to_atlas_pairs_always_use_the_atlas_as_fixed(dataset, tmp_path):
     assert code == 0
     _, config, _ = load_checkpoint(tmp_path / "run" / "last.pt")
     assert config.training["pairs"] == "to-atlas"
+
+
+def test_the_subject_cache_notices_a_replaced_file_and_another_network_depth(dataset, tmp_path):
+    import shutil
+    import time
+
+    folder = tmp_path / "data"
+    shutil.copytree(dataset, folder)
+    sources = [training.SubjectSource("b", str(folder / "b_norm.nii.gz"), None)]
+    atlas = folder / "a_norm.nii.gz"
+    first = training.prepare_all(sources, atlas, tiny_config(), tmp_path / "cache", False, align=False, log=lambda m: None)[0]
+    time.sleep(0.01)
+    sitk.WriteImage(blob_volume(size=(40, 36, 32), seed=5) * 0.5, str(folder / "b_norm.nii.gz"))  # same path, new content
+    second = training.prepare_all(sources, atlas, tiny_config(), tmp_path / "cache", False, align=False, log=lambda m: None)[0]
+    assert not np.allclose(first.image, second.image)
+    deeper = ModelConfig(encoder_features=[8, 16, 16, 16, 16], decoder_features=[16, 16, 16], svf_level=1, spacing=[2.0, 2.0, 2.0])
+    third = training.prepare_all(sources, atlas, deeper, tmp_path / "cache", False, align=False, log=lambda m: None)[0]
+    assert all(n % 16 == 0 for n in third.image.shape)

@@ -106,6 +106,8 @@ def _run_train(args, log):
 
     if args.init:
         _, config, _ = load_checkpoint(args.init)
+    elif not 0 <= args.svf_level <= 3:
+        raise VoxelMorphRegError(f"--svf-level must be between 0 and 3, got {args.svf_level}")
     else:
         config = ModelConfig(spacing=[args.spacing] * 3, svf_level=args.svf_level, decoder_features=[32, 32, 32, 16][: 4 - args.svf_level])
     eval_labels = []

@@ -83,6 +83,8 @@ def read_labels(path, reference: sitk.Image | None = None, name: str | None = No
     if image.GetPixelID() not in _LABEL_TYPES:
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
             raise VoxelMorphRegError(f"{name}: label values must be integers")
+    if array.size and (float(array.min()) < -(2**31) or float(array.max()) >= 2**31):
+        raise VoxelMorphRegError(f"{name}: label values {float(array.min()):g}..{float(array.max()):g} do not fit 32-bit integers")
     if reference is not None and not same_grid(image, reference):
         raise VoxelMorphRegError(
             f"{name}: label grid (size {image.GetSize()}, spacing {_fmt(image.GetSpacing())}, origin {_fmt(image.GetOrigin())}) "

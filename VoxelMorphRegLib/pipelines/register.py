@@ -162,12 +162,12 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
     stages.start("model", 5, "loading the model")
     network, config, model_description = load_model(options.model, fixed)
     refine_iterations = options.refine_iterations
+    if refine_iterations is not None and refine_iterations < 0:
+        raise VoxelMorphRegError(f"--refine must be >= 0, got {refine_iterations}")
     if refine_iterations is None:
         refine_iterations = DEFAULT_NONE_REFINEMENT if network is None else int(config.default_refine_iterations)
-    if network is None and refine_iterations <= 0:
-        refine_iterations = DEFAULT_NONE_REFINEMENT
-    if refine_iterations < 0:
-        raise VoxelMorphRegError(f"--refine must be >= 0, got {refine_iterations}")
+    if network is None and refine_iterations == 0:
+        raise VoxelMorphRegError("--model none has no network: it needs --refine N with N > 0 (default 200)")
     if options.integration_steps is not None and not 0 <= options.integration_steps <= 20:
         raise VoxelMorphRegError(f"--integration-steps must be between 0 and 20, got {options.integration_steps}")
 
@@ -284,9 +284,13 @@ def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | 
     files = {"warped.nii.gz": result.warped, "warped_labels.nii.gz": result.warped_labels, "displacement.nii.gz": result.displacement,
              "inverse_displacement.nii.gz": result.inverse_displacement, "jacobian.nii.gz": result.jacobian}
     write_started = time.perf_counter()
-    # ITK compresses outside Python's lock: the files are written side by side while the QC figure is drawn.
+    write_ended = [write_started]
+    # ITK compresses outside Python's lock: the files are written side by side while the QC figure is
+    # drawn, so seconds["write"] (the images) and seconds["qc"] overlap.
     with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 2)) as pool:
         writes = [pool.submit(write_image, image, out / name) for name, image in files.items() if image is not None]
+        for write in writes:
+            write.add_done_callback(lambda _: write_ended.append(time.perf_counter()))
         if options.qc:
             from .qc_figure import draw_qc
 
@@ -295,7 +299,11 @@ def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | 
             seconds["qc"] = round(time.perf_counter() - qc_started, 3)
         for write in writes:
             write.result()  # re-raises a failed write's one-line error
-    seconds["write"] = round(time.perf_counter() - write_started, 3)
+    seconds["write"] = round(max(write_ended) - write_started, 3)
+    # Outputs of an earlier run into the same folder that this run does not write would no longer match it.
+    stale = [name for name, image in files.items() if image is None] + ([] if options.qc else ["qc.png"])
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
     seconds["read"] = round(read_seconds, 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
     result.metrics["inputs"] = {"fixed": str(fixed_path), "moving": str(moving_path), "moving_labels": moving_labels and str(moving_labels), "fixed_labels": fixed_labels and str(fixed_labels)}

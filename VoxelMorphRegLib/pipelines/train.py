@@ -89,7 +89,10 @@ def _pseudo_image(labels: sitk.Image) -> sitk.Image:
 
 def prepare_subject(source: SubjectSource, atlas: sitk.Image, config: ModelConfig, cache: Path | None, skull_strip: bool, align: bool = True, log=print) -> Subject:
     """Load, align to the atlas and bring one subject onto the model grid (cached on disk)."""
-    key = hashlib.sha1(json.dumps([source.image, source.labels, config.spacing, config.orientation, config.intensity, skull_strip, align, atlas.GetSize(), atlas.GetOrigin()]).encode()).hexdigest()[:16]
+    files = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) if path and os.path.exists(path) else path for path in (source.image, source.labels)]
+    atlas_geometry = [atlas.GetSize(), atlas.GetOrigin(), atlas.GetSpacing(), atlas.GetDirection(), float(sitk.GetArrayViewFromImage(atlas).sum())]
+    key_data = [files, config.spacing, config.orientation, config.intensity, config.encoder_features, skull_strip, align, atlas_geometry]
+    key = hashlib.sha1(json.dumps(key_data, default=str).encode()).hexdigest()[:16]
     cached = cache / f"{source.name}-{key}.npz" if cache else None
     if cached and cached.exists():
         data = np.load(cached)
