@@ -24,4 +24,4 @@ def test_recovers_a_known_affine_and_is_reproducible():
     assert np.median(moved) > 3.0  # mm: what doing nothing would be off by
     assert np.median(errors) < 1.5 and np.median(errors) < 0.4 * np.median(moved)  # a smooth phantom: little to lock on to
     again = affine_register(fixed, moving)
-    assert np.allclose(again.GetParameters(), found.GetParameters())
+    assert np.allclose(again.GetParameters(), found.GetParameters(), atol=1e-4)  # up to the rounding of threaded sums
