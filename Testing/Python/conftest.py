@@ -16,6 +16,14 @@ if str(ROOT) not in sys.path:
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def require_slicer_core():
+    """The ``slicer`` package of Slicer's MRML (the ``slicer-core`` wheel); skips the calling module without it."""
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("slicer is not Slicer's MRML (slicer-core)", allow_module_level=True)
+    return slicer
+
+
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:
     cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])

@@ -2,16 +2,11 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import require_slicer_core
 
-slicer = pytest.importorskip("slicer")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("slicer is not Slicer's MRML (slicer-core)", allow_module_level=True)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+slicer = require_slicer_core()
 
 from VoxelMorphRegLib.errors import VoxelMorphRegError  # noqa: E402
 from VoxelMorphRegLib.mrml import tables  # noqa: E402

@@ -1,16 +1,11 @@
 """The training plot's MRML nodes: tables, plot series and chart, updated row by row."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import require_slicer_core
 
-slicer = pytest.importorskip("slicer")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("slicer is not Slicer's MRML (slicer-core)", allow_module_level=True)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+slicer = require_slicer_core()
 
 from VoxelMorphRegLib.mrml.training_plot import TrainingPlot  # noqa: E402
 from VoxelMorphRegLib.mrml.training_runner import TrainingRow  # noqa: E402

@@ -25,13 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_slicer_core
 
 sitk = pytest.importorskip("SimpleITK")
-slicer = pytest.importorskip("slicer")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("slicer is not Slicer's MRML (slicer-core)", allow_module_level=True)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+slicer = require_slicer_core()
 
 from VoxelMorphRegLib.errors import VoxelMorphRegError  # noqa: E402
 from VoxelMorphRegLib.mrml import segmentations, volumes  # noqa: E402

@@ -1,17 +1,11 @@
 """View setup after a registration, as far as MRML holds it: slice composite nodes, display nodes, fitting."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import require_slicer_core
 
 sitk = pytest.importorskip("SimpleITK")
-slicer = pytest.importorskip("slicer")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("slicer is not Slicer's MRML (slicer-core)", allow_module_level=True)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+slicer = require_slicer_core()
 
 from VoxelMorphRegLib.mrml import segmentations, views, volumes  # noqa: E402
 

@@ -1,17 +1,11 @@
 """Volume nodes <-> SimpleITK images keep the geometry exactly (oblique, anisotropic, label maps)."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import require_slicer_core
 
 sitk = pytest.importorskip("SimpleITK")
-slicer = pytest.importorskip("slicer")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("slicer is not Slicer's MRML (slicer-core)", allow_module_level=True)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+slicer = require_slicer_core()
 
 import vtk  # noqa: E402
 
