@@ -790,6 +790,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         device="auto",
         affine=True,
         refineIterations=None,
+        refineSmoothness=None,
         integrationSteps=None,
         outputVolume=None,
         outputTransform=None,
@@ -809,7 +810,8 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         """Register ``movingNode`` onto ``fixedNode``.
 
         ``model``: None or "bundled" (the bundled model), "none" (per-pair optimisation only) or a
-        checkpoint file. ``device``: "auto", "cpu" or "cuda". ``output*``: existing nodes to
+        checkpoint file. ``device``: "auto", "cpu" or "cuda". ``refineIterations`` and
+        ``refineSmoothness``: the per-pair refinement (None: the model's defaults). ``output*``: existing nodes to
         overwrite; ``None`` creates new nodes (only when the run succeeds).
 
         With ``wait=True`` (default) this blocks and returns a ``RegistrationResult`` whose
@@ -831,6 +833,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             device=device or "auto",
             affine=bool(affine),
             refine_iterations=None if refineIterations is None or int(refineIterations) < 0 else int(refineIterations),
+            refine_smoothness=None if refineSmoothness is None else float(refineSmoothness),
             integration_steps=int(integrationSteps) if integrationSteps else None,
             inverse_transform=bool(inverseTransform or outputInverseTransform),
             jacobian=bool(jacobian or outputJacobian),

@@ -32,6 +32,10 @@ class ModelConfig:
     # Per-pair refinement iterations `register` runs by default with this model (``--refine``
     # overrides): 0 for a model that is good alone; more for one whose card shows refinement helps.
     default_refine_iterations: int = 0
+    # The refinement's loss weight on velocity smoothness and its Adam step size (``--refine-smoothness``
+    # and ``--refine-learning-rate`` override); tuned with the model and quoted on its card.
+    default_refine_smoothness: float = 1.0
+    default_refine_learning_rate: float = 0.1
     training: dict = field(default_factory=dict)  # provenance: data, command, steps, hardware, metrics
 
     def build(self) -> RegistrationNetwork:

@@ -180,6 +180,10 @@ def test_refinement_counts_are_checked(tmp_path, capsys, good):
     assert_one_line_error(code, err, "--refine must be >= 0")
     code, err = run_cli(capsys, "register", good, good, "--out", tmp_path / "out", "--model", "none", "--refine", "0")
     assert_one_line_error(code, err, "--model none", "--refine N")
+    code, err = run_cli(capsys, "register", good, good, "--out", tmp_path / "out", "--model", "none", "--refine-smoothness", "-1")
+    assert_one_line_error(code, err, "--refine-smoothness must be a finite number >= 0")
+    code, err = run_cli(capsys, "register", good, good, "--out", tmp_path / "out", "--model", "none", "--refine-learning-rate", "0")
+    assert_one_line_error(code, err, "--refine-learning-rate must be a finite number > 0")
 
 
 def test_label_values_beyond_32_bits_are_refused(tmp_path, capsys, good):

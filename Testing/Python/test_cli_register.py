@@ -39,6 +39,7 @@ def registered(pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     code = main([
         "register", pair["fixed"], pair["moving"], "--out", str(out), "--model", "none", "--no-affine", "--refine", "150",
+        "--refine-smoothness", "1",  # a pure translation: a smooth field is the right answer
         "--moving-labels", pair["moving_labels"], "--fixed-labels", pair["fixed_labels"], "--quiet",
     ])
     assert code == 0
@@ -137,6 +138,31 @@ def test_the_model_sets_the_default_refinement_and_refine_overrides_it(pair, tmp
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["refine_iterations"] == expected
         assert ("refine" in metrics["seconds"]) == (expected > 0)
+
+
+def test_the_model_sets_the_refinement_weights_and_the_options_override_them(pair, tmp_path):
+    model = tmp_path / "weights.pt"
+    config = ModelConfig(encoder_features=[4, 8, 8], decoder_features=[8], svf_level=1, default_refine_iterations=2,
+                         default_refine_smoothness=0.25, default_refine_learning_rate=0.05)
+    save_checkpoint(model, config.build(), config)
+    common = ["register", pair["fixed"], pair["moving"], "--model", str(model), "--no-affine", "--no-qc", "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert (metrics["refine_smoothness"], metrics["refine_learning_rate"]) == (0.25, 0.05)
+    assert main(common + ["--out", str(tmp_path / "b"), "--refine-smoothness", "2", "--refine-learning-rate", "0.01"]) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert (metrics["refine_smoothness"], metrics["refine_learning_rate"]) == (2.0, 0.01)
+
+
+def test_the_smoothness_weight_changes_the_refined_field(pair, tmp_path):
+    """A heavier smoothness weight must give a smoother (smaller-gradient) refined displacement."""
+    spread = {}
+    for weight in ("0", "50"):
+        out = tmp_path / f"w{weight}"
+        assert main(["register", pair["fixed"], pair["moving"], "--out", str(out), "--model", "none", "--no-affine", "--refine", "40",
+                     "--refine-smoothness", weight, "--no-qc", "--quiet"]) == 0
+        spread[weight] = json.loads((out / "metrics.json").read_text())["std_log_jacobian"]
+    assert spread["50"] < 0.8 * spread["0"]
 
 
 def test_a_rerun_into_the_same_folder_leaves_no_stale_outputs(pair, tmp_path):

@@ -131,6 +131,30 @@ def test_labels_file_selects_the_labels_and_max_pairs_limits_the_pairs(cube_set,
     assert float(shifted[0]["mean_dice"]) == pytest.approx((CUBE - SHIFT_VOXELS) / CUBE, abs=1e-6)
 
 
+def test_a_label_in_one_map_only_is_counted_not_hidden(tmp_path):
+    """HD95 is undefined for a structure a method lost: the mean leaves it out, and evaluate says how many."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_subject(folder, "a", cube_labels(), seed=1)
+    without_block = cube_labels()
+    without_block[without_block == 2] = 0  # label 2 lost
+    write_subject(folder, "c", without_block, seed=2)
+    label_file = tmp_path / "labels.json"
+    label_file.write_text(json.dumps([1, 2]))
+    out = tmp_path / "out"
+    summary = run_evaluate(["--data", str(folder), "--out", str(out), "--methods", "none", "--labels", str(label_file)])
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 2
+    for row in rows:
+        assert row["hd95_2"] == "" and float(row["hd95_1"]) == pytest.approx(0.0)
+        assert float(row["hd95_mm"]) == pytest.approx(0.0)  # label 1 only
+        assert float(row["dice_2"]) == pytest.approx(0.0) and float(row["mean_dice"]) == pytest.approx(0.5)
+    assert summary["summary"]["none"]["labels_lost"] == 2
+    assert json.loads((out / "summary.json").read_text())["methods"]["none"]["labels_lost"] == 2
+    assert "none lost or invented 2 label(s)" in summary["table"]
+    assert "2 label(s) in one map only" in read_csv(out / "summary.csv")[0]["note"]
+
+
 # --------------------------------------------------------------------------- every method, every output
 
 
@@ -147,6 +171,18 @@ def blob_set(tmp_path_factory):
     config = ModelConfig(encoder_features=[4, 8, 8], decoder_features=[8], svf_level=1)
     model = save_checkpoint(folder / "tiny.pt", config.build(), config)
     return folder, model
+
+
+def test_network_refine_runs_the_models_own_refinement_unless_told_otherwise(blob_set, tmp_path):
+    folder, _ = blob_set
+    model = tmp_path / "refining.pt"
+    config = ModelConfig(encoder_features=[4, 8, 8], decoder_features=[8], svf_level=1, default_refine_iterations=2, default_refine_smoothness=0.5)
+    save_checkpoint(model, config.build(), config)
+    common = ["--data", str(folder), "--model", str(model), "--device", "cpu", "--methods", "network+refine", "--max-pairs", "1", "--no-affine"]
+    run_evaluate(common + ["--out", str(tmp_path / "a")])
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["refinement"] == {"iterations": 2, "smoothness": 0.5, "learning_rate": 0.1}
+    run_evaluate(common + ["--out", str(tmp_path / "b"), "--refine", "3", "--refine-smoothness", "2"])
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["refinement"] == {"iterations": 3, "smoothness": 2.0, "learning_rate": 0.1}
 
 
 def test_every_method_runs_and_every_output_is_written(blob_set, tmp_path, capsys):
@@ -183,7 +219,7 @@ def test_every_method_runs_and_every_output_is_written(blob_set, tmp_path, capsy
     assert (out / "boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "summary.json").read_text())
     assert list(report["methods"]) == methods and report["labels"] == [1, 2, 3]
-    assert set(report["definitions"]) == {"dice", "hd95_mm", "folding_fraction", "std_log_jacobian", "seconds"}
+    assert set(report["definitions"]) == {"dice", "hd95_mm", "folding_fraction", "std_log_jacobian", "labels_lost", "seconds"}
     for method in ran:
         assert set(report["methods"][method]) >= {"pairs", "mean_dice", "mean_dice_std", "hd95_mm", "folding_percent", "std_log_jacobian", "seconds_per_pair", "dice_per_label"}
     if not ants_available:

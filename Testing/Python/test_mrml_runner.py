@@ -47,6 +47,7 @@ FAKE_ENGINE = textwrap.dedent(
     p.add_argument("--device")
     p.add_argument("--no-affine", action="store_true")
     p.add_argument("--refine", type=int)
+    p.add_argument("--refine-smoothness", type=float)
     p.add_argument("--integration-steps", type=int)
     p.add_argument("--no-qc", action="store_true")
     a = p.parse_args()
@@ -181,7 +182,7 @@ def test_progress_and_error_line_parsing():
 
 
 def test_command_line_matches_the_engine_parser():
-    options = RegistrationOptions(model="/m/model.pt", device="cuda", affine=False, refine_iterations=50, integration_steps=9)
+    options = RegistrationOptions(model="/m/model.pt", device="cuda", affine=False, refine_iterations=50, refine_smoothness=0.25, integration_steps=9)
     command = runner_module.build_command(["python", "-m", "VoxelMorphRegLib.frontends.cli"], "f.nrrd", "m.nrrd", "out", options, "ml.nrrd", "fl.nrrd")
     assert command[:6] == ["python", "-m", "VoxelMorphRegLib.frontends.cli", "register", "f.nrrd", "m.nrrd"]
     try:
@@ -190,9 +191,9 @@ def test_command_line_matches_the_engine_parser():
         pytest.skip("engine command line not importable")
     args = build_parser().parse_args(command[3:])
     assert (args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels) == ("f.nrrd", "m.nrrd", "out", "ml.nrrd", "fl.nrrd")
-    assert (args.model, args.device, args.no_affine, args.refine, args.integration_steps, args.no_qc) == ("/m/model.pt", "cuda", True, 50, 9, True)
+    assert (args.model, args.device, args.no_affine, args.refine, args.refine_smoothness, args.integration_steps, args.no_qc) == ("/m/model.pt", "cuda", True, 50, 0.25, 9, True)
     defaults = build_parser().parse_args(runner_module.build_command(["x"], "f", "m", "o", RegistrationOptions())[1:])
-    assert (defaults.model, defaults.device, defaults.no_affine, defaults.refine, defaults.integration_steps) == ("bundled", "auto", False, None, None)  # None: the model's own refinement default
+    assert (defaults.model, defaults.device, defaults.no_affine, defaults.refine, defaults.refine_smoothness, defaults.integration_steps) == ("bundled", "auto", False, None, None, None)  # None: the model's own refinement default
     network_only = build_parser().parse_args(runner_module.build_command(["x"], "f", "m", "o", RegistrationOptions(refine_iterations=0))[1:])
     assert network_only.refine == 0
 

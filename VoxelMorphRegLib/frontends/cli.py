@@ -31,7 +31,9 @@ def _add_register(sub):
     p.add_argument("--model", default="bundled", help="model file, 'bundled' (default) or 'none' (optimisation only)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment (images already aligned)")
-    p.add_argument("--refine", type=int, default=None, metavar="N", help="N iterations of per-pair refinement (default: the model's own default, 50 for the bundled v1; 200 with --model none; 0 for the network alone)")
+    p.add_argument("--refine", type=int, default=None, metavar="N", help="N iterations of per-pair refinement (default: the model's own default, 300 for the bundled model; 300 with --model none; 0 for the network alone)")
+    p.add_argument("--refine-smoothness", type=float, default=None, metavar="W", help="weight of velocity smoothness in the refinement loss (default: the model's; larger is smoother)")
+    p.add_argument("--refine-learning-rate", type=float, default=None, metavar="LR", help="Adam step size of the refinement (default: the model's)")
     p.add_argument("--integration-steps", type=int, default=None, metavar="N", help="scaling-and-squaring steps (default: the model's)")
     p.add_argument("--no-qc", action="store_true", help="do not draw qc.png")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -84,6 +86,8 @@ def _run_register(args, log):
         device=args.device,
         affine=not args.no_affine,
         refine_iterations=args.refine,
+        refine_smoothness=args.refine_smoothness,
+        refine_learning_rate=args.refine_learning_rate,
         integration_steps=args.integration_steps,
         qc=not args.no_qc,
     )

@@ -53,6 +53,7 @@ class RegistrationOptions:
     device: str = "auto"  # auto, cpu or cuda
     affine: bool = True
     refine_iterations: int | None = None  # None or < 0: the model's own default
+    refine_smoothness: float | None = None  # None: the model's own default
     integration_steps: int | None = None  # None or 0: the model's own
     qc: bool = False
     inverse_transform: bool = False
@@ -86,6 +87,8 @@ def build_command(prefix, fixed, moving, out, options: RegistrationOptions, movi
         command.append("--no-affine")
     if options.refine_iterations is not None and int(options.refine_iterations) >= 0:
         command += ["--refine", str(int(options.refine_iterations))]
+    if options.refine_smoothness is not None:
+        command += ["--refine-smoothness", repr(float(options.refine_smoothness))]
     if options.integration_steps:
         command += ["--integration-steps", str(int(options.integration_steps))]
     if not options.qc:

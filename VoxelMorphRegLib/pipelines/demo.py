@@ -62,7 +62,7 @@ def run_demo(out, model: str = "bundled", device: str = "auto", seed: int = 0, l
 
     from .register import RegisterOptions, register_files
 
-    # What a user gets by default: the model's own refinement default (200 iterations without a model).
+    # What a user gets by default: the model's own refinement default (DEFAULT_NONE_REFINEMENT iterations without a model).
     refine = None
     options = RegisterOptions(model=model, device=device, affine=True, refine_iterations=refine, integration_steps=None, qc=True)
     result = register_files(paths["fixed"], paths["moving"], out, options, log=log)

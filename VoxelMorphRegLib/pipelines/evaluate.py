@@ -9,8 +9,9 @@ grid and compared with the fixed label map:
 - ``affine``: the SimpleITK affine pre-alignment alone (:func:`affine_register`), labels
   resampled nearest neighbour;
 - ``network``: :func:`register_images` with the model and no per-pair refinement;
-- ``network+refine``: the same with ``--refine N`` iterations of per-pair optimisation
-  (with ``--model none``: optimisation from a zero velocity, N iterations);
+- ``network+refine``: the same with per-pair optimisation: the model's own refinement
+  defaults (what ``register`` runs), or ``--refine N`` iterations (with ``--model none``:
+  optimisation from a zero velocity);
 - ``ants``: ANTs SyN (``ants.registration(type_of_transform="SyN")``: ANTs' own affine stage,
   then SyN), labels through ``ants.apply_transforms(interpolator="genericLabel")``. Needs
   the optional ``antspyx`` package (``pip install "voxelmorphreg[bench]"``); without it the
@@ -50,6 +51,7 @@ DEFINITIONS = {
     "hd95_mm": None,  # filled from surface_metrics.DEFINITION
     "folding_fraction": "fraction of fixed-grid voxels with det J <= 0, det(I + grad u) of the whole fixed-to-moving transform by central differences, unclipped field",
     "std_log_jacobian": "standard deviation of log det J over the fixed-grid voxels with det J > 0",
+    "labels_lost": "number of (pair, label) cases where a label is in only one of the warped and fixed maps; their HD95 is undefined and left out of the HD95 means, so a method that loses structures is flagged here",
     "seconds": "wall-clock seconds of the method for one pair (affine, model loading, inference, refinement, warping the labels); reading files and computing metrics excluded",
 }
 
@@ -62,7 +64,9 @@ class EvaluationOptions:
     methods: list = field(default_factory=lambda: list(METHODS))
     model: str = "bundled"
     device: str = "auto"
-    refine: int = DEFAULT_REFINE
+    refine: int | None = None  # None: the model's default_refine_iterations (DEFAULT_REFINE where that is 0)
+    refine_smoothness: float | None = None  # None: the model's default
+    refine_learning_rate: float | None = None  # None: the model's default
     max_pairs: int | None = None
     affine: bool = True  # affine pre-alignment before the network methods
 
@@ -83,7 +87,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, any of {', '.join(METHODS)} (default: all)")
     p.add_argument("--model", default="bundled", help="model for the network methods: file, 'bundled' (default) or 'none'")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--refine", type=int, default=DEFAULT_REFINE, metavar="N", help=f"refinement iterations of network+refine (default {DEFAULT_REFINE})")
+    p.add_argument("--refine", type=int, default=None, metavar="N", help=f"refinement iterations of network+refine (default: the model's own, as in register; {DEFAULT_REFINE} for a model whose default is 0)")
+    p.add_argument("--refine-smoothness", type=float, default=None, metavar="W", help="smoothness weight of the refinement (default: the model's)")
+    p.add_argument("--refine-learning-rate", type=float, default=None, metavar="LR", help="Adam step size of the refinement (default: the model's)")
     p.add_argument("--max-pairs", type=int, default=None, metavar="N", help="evaluate only the first N ordered pairs")
     p.add_argument("--no-affine", action="store_true", help="no affine pre-alignment before the network methods (images already aligned)")
     p.add_argument("--quiet", action="store_true", help="no progress messages (the table is still printed)")
@@ -100,6 +106,8 @@ def run(args, log=print) -> dict:
         model=args.model,
         device=args.device,
         refine=args.refine,
+        refine_smoothness=getattr(args, "refine_smoothness", None),
+        refine_learning_rate=getattr(args, "refine_learning_rate", None),
         max_pairs=args.max_pairs,
         affine=not getattr(args, "no_affine", False),
     )
@@ -234,10 +242,32 @@ def _run_affine(fixed, moving, context):
     return resample_to(moving.labels, fixed.labels, transform, labels=True), _affine_stats(transform.GetMatrix())
 
 
+def _refinement_of(options: EvaluationOptions) -> dict:
+    """The refinement network+refine runs: the options where given, else the model's defaults
+    (``register``'s own), with DEFAULT_REFINE iterations for a model whose default is none."""
+    from ..pipelines.register import DEFAULT_NONE_REFINEMENT, RegisterOptions, load_model, refinement_settings
+
+    has_network = options.model != "none"
+    config = load_model(options.model, None)[1]
+    settings = refinement_settings(
+        RegisterOptions(refine_iterations=options.refine, refine_smoothness=options.refine_smoothness, refine_learning_rate=options.refine_learning_rate),
+        config,
+        has_network,
+    )
+    if options.refine is None and settings["iterations"] == 0:
+        settings["iterations"] = DEFAULT_REFINE
+    if not has_network and options.refine is None:
+        settings["iterations"] = DEFAULT_NONE_REFINEMENT
+    return {"refine": settings["iterations"], "refine_smoothness": settings["smoothness"], "refine_learning_rate": settings["learning_rate"]}
+
+
 def _run_network(fixed, moving, context, refine: int):
     from ..pipelines.register import RegisterOptions, register_images
 
     options = RegisterOptions(model=context["model"], device=context["device"], affine=context["affine"], refine_iterations=refine, qc=False)
+    if refine != 0:
+        options.refine_smoothness = context["refine_smoothness"]
+        options.refine_learning_rate = context["refine_learning_rate"]
     result = register_images(fixed.image, moving.image, options, moving_labels=moving.labels, log=lambda message: None)
     metrics = result.metrics
     stats = {"folding_fraction": metrics["folding_fraction"], "std_log_jacobian": metrics["std_log_jacobian"]}
@@ -389,6 +419,7 @@ def summarise(rows: list[dict], methods: list[str], skipped: dict, labels: list[
             "seconds_per_pair": _nanmean(r["seconds"] for r in mine),
             "dice_per_label": {label: _nanmean(r["dice"].get(label, float("nan")) for r in mine) for label in labels},
             "hd95_per_label": {label: _nanmean(r["hd95"].get(label, float("nan")) for r in mine) for label in labels},
+            "labels_lost": sum(len(r.get("labels_lost", [])) for r in mine),
         }
     return summary
 
@@ -421,7 +452,11 @@ def format_table(summary: dict) -> str:
     def render(cells):
         return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
 
-    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(render(line) for line in lines)])
+    notes = [
+        f"note: {method} lost or invented {values['labels_lost']} label(s) over its pairs; HD95 leaves them out (see summary.json)"
+        for method, values in summary.items() if values.get("labels_lost")
+    ]
+    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(render(line) for line in lines), *notes])
 
 
 def _summary_csv(summary: dict, labels: list[int]) -> bytes:
@@ -433,7 +468,8 @@ def _summary_csv(summary: dict, labels: list[int]) -> bytes:
             table.append([method, 0] + [""] * 7 + [f"skipped: {values['skipped']}"] + [""] * len(labels))
             continue
         line = [method, values["pairs"]] + [_cell(values[k], 8 if k == "folding_percent" else 6) for k in ("mean_dice", "mean_dice_std", "hd95_mm", "hd95_mm_std", "folding_percent", "std_log_jacobian", "seconds_per_pair")]
-        line += [""] + [_cell(values["dice_per_label"][label]) for label in labels]
+        note = f"{values['labels_lost']} label(s) in one map only, left out of HD95" if values.get("labels_lost") else ""
+        line += [note] + [_cell(values["dice_per_label"][label]) for label in labels]
         table.append(line)
     return _csv_bytes(header, table)
 
@@ -474,6 +510,7 @@ def _method_json(values: dict) -> dict:
         out[key] = _json_number(values[key], 8)
     out["dice_per_label"] = {str(k): _json_number(v) for k, v in values["dice_per_label"].items()}
     out["hd95_per_label"] = {str(k): _json_number(v, 4) for k, v in values["hd95_per_label"].items()}
+    out["labels_lost"] = values.get("labels_lost", 0)
     return out
 
 
@@ -507,7 +544,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
     methods = parse_methods(options.methods)
     if options.max_pairs is not None and options.max_pairs < 1:
         raise VoxelMorphRegError(f"--max-pairs must be >= 1, got {options.max_pairs}")
-    if "network+refine" in methods and options.refine < 1:
+    if "network+refine" in methods and options.refine is not None and options.refine < 1:
         raise VoxelMorphRegError(f"--refine must be >= 1 for network+refine, got {options.refine}")
     requested_labels = read_label_ids(options.labels) if options.labels else None
 
@@ -524,7 +561,10 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
     involved = [n for n in names if any(n in pair for pair in pairs)]
 
     skipped: dict[str, str] = {}
-    context = {"model": options.model, "device": options.device, "affine": options.affine, "refine": options.refine, "ants": None}
+    refinement = None
+    if "network+refine" in methods:
+        refinement = _refinement_of(options)
+    context = {"model": options.model, "device": options.device, "affine": options.affine, "ants": None, **(refinement or {})}
     if "ants" in methods:
         context["ants"], why = _import_ants()
         if why:
@@ -603,6 +643,9 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
                 "seconds": seconds,
                 "dice": dice,
                 "hd95": hd95,
+                # Labels in only one of the two maps (the method lost a structure, or made one up): HD95 is
+                # undefined for them, so the mean HD95 leaves them out and this count says how many there were.
+                "labels_lost": sorted(label for label, value in hd95.items() if math.isnan(value)),
             }
             rows.append(row)
             extra = f" ({stats['note']})" if stats.get("note") else ""
@@ -627,6 +670,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
         "labels": labels,
         "label_selection": label_note,
         "methods": {method: _method_json(values) for method, values in summary.items()},
+        "refinement": None if refinement is None else {"iterations": refinement["refine"], "smoothness": refinement["refine_smoothness"], "learning_rate": refinement["refine_learning_rate"]},
         "notes": [f"{m} skipped: {w}" for m, w in skipped.items()],
         "definitions": definitions,
         "versions": _versions(context["ants"]),

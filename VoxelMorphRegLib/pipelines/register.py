@@ -9,6 +9,7 @@ labels through that field with ``sitk.Resample`` -> Jacobian, metrics, files, QC
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -36,7 +37,9 @@ MODEL_FILE = "voxelmorphreg_v1.pt"
 # Fields are written as float64 (what sitk.DisplacementFieldTransform takes) rounded to 1/1024 mm:
 # an error below 0.0005 mm that lets gzip shrink the files about fourfold.
 FIELD_QUANTUM_MM = 1.0 / 1024
-DEFAULT_NONE_REFINEMENT = 200
+# Per-pair optimisation without a model (``--model none``): the bundled model's refinement settings.
+DEFAULT_NONE_REFINEMENT = 300
+DEFAULT_NONE_SMOOTHNESS = 0.1
 
 
 def model_search_path() -> list[Path]:
@@ -65,8 +68,8 @@ class RegisterOptions:
     refine_iterations: int | None = None  # None: the model's default_refine_iterations, DEFAULT_NONE_REFINEMENT without a model
     integration_steps: int | None = None
     qc: bool = True
-    refine_learning_rate: float = 0.1
-    refine_smoothness: float = 1.0
+    refine_learning_rate: float | None = None  # None: the model's default_refine_learning_rate
+    refine_smoothness: float | None = None  # None: the model's default_refine_smoothness
 
 
 @dataclass
@@ -110,14 +113,32 @@ class _Stages:
 def load_model(spec: str, fixed: sitk.Image):
     """``(network or None, config, description)`` for a model spec (path, 'bundled' or 'none')."""
     if spec == "none":
-        config = ModelConfig(orientation=orientation_of(fixed))
+        config = ModelConfig(orientation=orientation_of(fixed) if fixed is not None else "LIA", default_refine_iterations=DEFAULT_NONE_REFINEMENT, default_refine_smoothness=DEFAULT_NONE_SMOOTHNESS)
         return None, config, "none (optimisation only)"
     path = bundled_model_path() if spec in ("bundled", "", None) else Path(spec)
     network, config, _ = load_checkpoint(path)
     return network, config, str(path)
 
 
-def _velocity_and_flows(network, config, moving_t, fixed_t, options, refine_iterations, device, stages, log, should_stop):
+def refinement_settings(options: RegisterOptions, config: ModelConfig, has_network: bool) -> dict:
+    """The refinement's iterations, smoothness weight and step size: the options where given, else the model's defaults."""
+    iterations = options.refine_iterations
+    if iterations is not None and iterations < 0:
+        raise VoxelMorphRegError(f"--refine must be >= 0, got {iterations}")
+    if iterations is None:
+        iterations = int(config.default_refine_iterations) if has_network else DEFAULT_NONE_REFINEMENT
+    if not has_network and iterations == 0:
+        raise VoxelMorphRegError(f"--model none has no network: it needs --refine N with N > 0 (default {DEFAULT_NONE_REFINEMENT})")
+    smoothness = config.default_refine_smoothness if options.refine_smoothness is None else float(options.refine_smoothness)
+    if not (smoothness >= 0 and math.isfinite(smoothness)):
+        raise VoxelMorphRegError(f"--refine-smoothness must be a finite number >= 0, got {smoothness}")
+    learning_rate = config.default_refine_learning_rate if options.refine_learning_rate is None else float(options.refine_learning_rate)
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise VoxelMorphRegError(f"--refine-learning-rate must be a finite number > 0, got {learning_rate}")
+    return {"iterations": int(iterations), "smoothness": float(smoothness), "learning_rate": float(learning_rate)}
+
+
+def _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop):
     """Run the network (and refinement) on ``device``; returns (flow, inverse flow) as NumPy, voxel units."""
     model = network if network is not None else config.build()
     if options.integration_steps is not None:
@@ -133,6 +154,7 @@ def _velocity_and_flows(network, config, moving_t, fixed_t, options, refine_iter
             torch.cuda.synchronize()
     else:
         velocity = zero_velocity(model, shape, device)
+    refine_iterations = refinement["iterations"]
     if refine_iterations > 0:
         stages.start("refine", 55, f"refinement: {refine_iterations} iterations on {device.type.upper()}")
         step = max(1, refine_iterations // 10)
@@ -143,7 +165,7 @@ def _velocity_and_flows(network, config, moving_t, fixed_t, options, refine_iter
 
         velocity = refine_velocity(
             moving_t, fixed_t, velocity, lambda v: model.flow_from_velocity(v, shape), refine_iterations,
-            smoothness_weight=options.refine_smoothness, learning_rate=options.refine_learning_rate, progress=progress, should_stop=should_stop,
+            smoothness_weight=refinement["smoothness"], learning_rate=refinement["learning_rate"], progress=progress, should_stop=should_stop,
         )
         if should_stop():
             raise CancelledError("registration cancelled")
@@ -161,13 +183,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
     device = select_device(options.device)
     stages.start("model", 5, "loading the model")
     network, config, model_description = load_model(options.model, fixed)
-    refine_iterations = options.refine_iterations
-    if refine_iterations is not None and refine_iterations < 0:
-        raise VoxelMorphRegError(f"--refine must be >= 0, got {refine_iterations}")
-    if refine_iterations is None:
-        refine_iterations = DEFAULT_NONE_REFINEMENT if network is None else int(config.default_refine_iterations)
-    if network is None and refine_iterations == 0:
-        raise VoxelMorphRegError("--model none has no network: it needs --refine N with N > 0 (default 200)")
+    refinement = refinement_settings(options, config, network is not None)
     if options.integration_steps is not None and not 0 <= options.integration_steps <= 20:
         raise VoxelMorphRegError(f"--integration-steps must be between 0 and 20, got {options.integration_steps}")
 
@@ -187,7 +203,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
 
     used_device, fallback = device, None
     try:
-        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refine_iterations, device, stages, log, should_stop)
+        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop)
     except torch.cuda.OutOfMemoryError:
         fallback = "CUDA ran out of memory; fell back to the CPU"
         log(f"warning: {fallback}")
@@ -195,7 +211,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         used_device = torch.device("cpu")
         if network is not None:
             network = network.cpu()
-        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refine_iterations, used_device, stages, log, should_stop)
+        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, used_device, stages, log, should_stop)
     if should_stop():
         raise CancelledError("registration cancelled")
 
@@ -226,7 +242,9 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         "device": used_device.type,
         "device_name": torch.cuda.get_device_name(0) if used_device.type == "cuda" else "CPU",
         "affine": options.affine,
-        "refine_iterations": refine_iterations,
+        "refine_iterations": refinement["iterations"],
+        "refine_smoothness": refinement["smoothness"],
+        "refine_learning_rate": refinement["learning_rate"],
         "integration_steps": steps,
         **folding_statistics(determinant),
     }
