@@ -577,7 +577,7 @@ def parse_args(argv):
     p.add_argument("--network-warmup", type=int, default=2, help="untimed forward passes first")
     p.add_argument("--register-repeats", type=int, default=3, help="timed whole registers, each a fresh process (median)")
     p.add_argument("--register-warmup", type=int, default=1, help="untimed whole registers first (file cache, lazy init)")
-    p.add_argument("--refine", type=int, default=300, help="refinement iterations of the second register configuration (default 300, the bundled model's default; 0: skip it)")
+    p.add_argument("--refine", type=int, default=200, help="refinement iterations of the second register configuration (default 200, the bundled model's default; 0: skip it)")
     p.add_argument("--refine-repeats", type=int, default=1, help="timed runs of the refinement configuration")
     p.add_argument("--no-affine", action="store_true", help="pass --no-affine to register (ANTs keeps its own affine stage)")
     p.add_argument("--ants-repeats", type=int, default=1, help="ANTs SyN runs (0: skip ANTs)")

@@ -31,7 +31,7 @@ def _add_register(sub):
     p.add_argument("--model", default="bundled", help="model file, 'bundled' (default) or 'none' (optimisation only)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment (images already aligned)")
-    p.add_argument("--refine", type=int, default=None, metavar="N", help="N iterations of per-pair refinement (default: the model's own default, 300 for the bundled model; 300 with --model none; 0 for the network alone)")
+    p.add_argument("--refine", type=int, default=None, metavar="N", help="N iterations of per-pair refinement (default: the model's own default, 200 for the bundled model; 200 with --model none; 0 for the network alone)")
     p.add_argument("--refine-smoothness", type=float, default=None, metavar="W", help="weight of velocity smoothness in the refinement loss (default: the model's; larger is smoother)")
     p.add_argument("--refine-learning-rate", type=float, default=None, metavar="LR", help="Adam step size of the refinement (default: the model's)")
     p.add_argument("--integration-steps", type=int, default=None, metavar="N", help="scaling-and-squaring steps (default: the model's)")

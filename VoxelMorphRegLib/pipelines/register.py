@@ -38,8 +38,8 @@ MODEL_FILE = "voxelmorphreg_v1.pt"
 # an error below 0.0005 mm that lets gzip shrink the files about fourfold.
 FIELD_QUANTUM_MM = 1.0 / 1024
 # Per-pair optimisation without a model (``--model none``): the bundled model's refinement settings.
-DEFAULT_NONE_REFINEMENT = 300
-DEFAULT_NONE_SMOOTHNESS = 0.1
+DEFAULT_NONE_REFINEMENT = 200
+DEFAULT_NONE_SMOOTHNESS = 0.3
 
 
 def model_search_path() -> list[Path]:
