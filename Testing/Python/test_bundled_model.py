@@ -25,6 +25,9 @@ def test_the_refinement_defaults_are_the_ones_the_card_and_readme_quote():
     card = CARD.read_text()
     quoted = {name: float(value) for name, value in re.findall(r"`default_refine_(\w+) = ([\d.]+)`", card)}
     assert quoted == {"iterations": config.default_refine_iterations, "smoothness": config.default_refine_smoothness, "learning_rate": config.default_refine_learning_rate}
+    from VoxelMorphRegLib.pipelines.register import DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS
+
+    assert (DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS) == (config.default_refine_iterations, config.default_refine_smoothness)  # --model none: the same settings
     readme = (ROOT / "README.md").read_text()
     assert f"refine each pair by default ({config.default_refine_iterations} iterations, smoothness weight {config.default_refine_smoothness:g}" in readme
 

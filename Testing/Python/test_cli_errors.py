@@ -92,6 +92,11 @@ def test_missing_and_corrupt_models(tmp_path, capsys, good):
     truncated.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     code, err = run_cli(capsys, "register", good, good, "--out", tmp_path / "out", "--model", truncated)
     assert_one_line_error(code, err, "truncated.pt", "not a readable")
+    odd = tmp_path / "odd_defaults.pt"
+    config = ModelConfig(encoder_features=[4, 8, 8], decoder_features=[8], default_refine_smoothness=-1.0)
+    save_checkpoint(odd, config.build(), config)
+    code, err = run_cli(capsys, "register", good, good, "--out", tmp_path / "out", "--model", odd)
+    assert_one_line_error(code, err, "odd_defaults.pt", "default_refine_smoothness must be")
 
 
 def test_a_model_that_pickles_code_is_refused(tmp_path, capsys, good):

@@ -154,6 +154,25 @@ def test_the_model_sets_the_refinement_weights_and_the_options_override_them(pai
     assert (metrics["refine_smoothness"], metrics["refine_learning_rate"]) == (2.0, 0.01)
 
 
+def test_the_models_refinement_weights_reach_the_optimiser(pair, tmp_path, monkeypatch):
+    from VoxelMorphRegLib.pipelines import register
+
+    model = tmp_path / "weights.pt"
+    config = ModelConfig(encoder_features=[4, 8, 8], decoder_features=[8], svf_level=1, default_refine_iterations=2,
+                         default_refine_smoothness=0.25, default_refine_learning_rate=0.05)
+    save_checkpoint(model, config.build(), config)
+    seen = []
+    real = register.refine_velocity
+
+    def recording(*args, **kwargs):
+        seen.append((args[4], kwargs["smoothness_weight"], kwargs["learning_rate"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(register, "refine_velocity", recording)
+    assert main(["register", pair["fixed"], pair["moving"], "--model", str(model), "--no-affine", "--no-qc", "--quiet", "--out", str(tmp_path / "a")]) == 0
+    assert seen == [(2, 0.25, 0.05)]
+
+
 def test_the_smoothness_weight_changes_the_refined_field(pair, tmp_path):
     """A heavier smoothness weight must give a smoother (smaller-gradient) refined displacement."""
     spread = {}

@@ -185,6 +185,24 @@ def test_network_refine_runs_the_models_own_refinement_unless_told_otherwise(blo
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["refinement"] == {"iterations": 3, "smoothness": 2.0, "learning_rate": 0.1}
 
 
+def test_network_refine_hands_its_settings_to_the_registration(blob_set, tmp_path, monkeypatch):
+    """What summary.json reports is what register_images actually ran."""
+    from VoxelMorphRegLib.pipelines import register
+
+    folder, model = blob_set
+    seen = []
+    real = register.register_images
+
+    def recording(fixed, moving, options, *args, **kwargs):
+        seen.append((options.refine_iterations, options.refine_smoothness, options.refine_learning_rate))
+        return real(fixed, moving, options, *args, **kwargs)
+
+    monkeypatch.setattr(register, "register_images", recording)
+    run_evaluate(["--data", str(folder), "--out", str(tmp_path / "out"), "--model", str(model), "--device", "cpu", "--no-affine",
+                  "--methods", "network,network+refine", "--max-pairs", "1", "--refine", "2", "--refine-smoothness", "0.7", "--refine-learning-rate", "0.03"])
+    assert seen == [(0, None, None), (2, 0.7, 0.03)]  # network alone, then the refinement with the given settings
+
+
 def test_every_method_runs_and_every_output_is_written(blob_set, tmp_path, capsys):
     folder, model = blob_set
     out = tmp_path / "out"
@@ -261,6 +279,8 @@ def test_errors_are_one_line(cube_set, tmp_path):
         (["--data", str(cube_set), "--methods", "network+refine", "--refine", "0"], "--refine must be >= 1"),
         (["--data", str(cube_set), "--max-pairs", "0"], "--max-pairs must be >= 1"),
         (["--data", str(cube_set), "--methods", "network", "--model", str(tmp_path / "nope.pt")], "model file not found"),
+        (["--data", str(cube_set), "--methods", "none,network", "--refine-smoothness", "0.5"], "apply to the network+refine method"),
+        (["--data", str(cube_set), "--methods", "network+refine", "--model", "none", "--refine-smoothness", "-1"], "--refine-smoothness must be"),
     ]
     for argv, expected in cases:
         with pytest.raises(VoxelMorphRegError) as caught:

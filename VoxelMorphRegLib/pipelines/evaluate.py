@@ -245,19 +245,18 @@ def _run_affine(fixed, moving, context):
 def _refinement_of(options: EvaluationOptions) -> dict:
     """The refinement network+refine runs: the options where given, else the model's defaults
     (``register``'s own), with DEFAULT_REFINE iterations for a model whose default is none."""
-    from ..pipelines.register import DEFAULT_NONE_REFINEMENT, RegisterOptions, load_model, refinement_settings
+    from ..pipelines.register import RegisterOptions, load_model, refinement_settings
 
     has_network = options.model != "none"
-    config = load_model(options.model, None)[1]
+    _, config, description = load_model(options.model, None)
     settings = refinement_settings(
         RegisterOptions(refine_iterations=options.refine, refine_smoothness=options.refine_smoothness, refine_learning_rate=options.refine_learning_rate),
         config,
         has_network,
+        description,
     )
     if options.refine is None and settings["iterations"] == 0:
         settings["iterations"] = DEFAULT_REFINE
-    if not has_network and options.refine is None:
-        settings["iterations"] = DEFAULT_NONE_REFINEMENT
     return {"refine": settings["iterations"], "refine_smoothness": settings["smoothness"], "refine_learning_rate": settings["learning_rate"]}
 
 
@@ -564,6 +563,8 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
     refinement = None
     if "network+refine" in methods:
         refinement = _refinement_of(options)
+    elif options.refine_smoothness is not None or options.refine_learning_rate is not None:
+        raise VoxelMorphRegError("--refine-smoothness and --refine-learning-rate apply to the network+refine method, which is not among --methods")
     context = {"model": options.model, "device": options.device, "affine": options.affine, "ants": None, **(refinement or {})}
     if "ants" in methods:
         context["ants"], why = _import_ants()
@@ -624,6 +625,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
         fixed, moving = store.get(fixed_name), store.get(moving_name)
         fixed_array = sitk.GetArrayFromImage(fixed.labels)
         spacing_kji = fixed.labels.GetSpacing()[::-1]
+        present_fixed = set(np.unique(fixed_array).tolist())
         log(f"[pair {number}/{len(pairs)}] moving {moving_name} -> fixed {fixed_name}")
         for method in active:
             started = time.perf_counter()
@@ -632,6 +634,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
             warped = sitk.GetArrayFromImage(warped_labels)
             dice = dice_per_label(warped, fixed_array, labels)
             hd95 = surface_metrics.hd95_per_label(warped, fixed_array, labels, spacing_kji)
+            present_after = set(np.unique(warped).tolist())
             row = {
                 "fixed": fixed_name,
                 "moving": moving_name,
@@ -645,7 +648,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
                 "hd95": hd95,
                 # Labels in only one of the two maps (the method lost a structure, or made one up): HD95 is
                 # undefined for them, so the mean HD95 leaves them out and this count says how many there were.
-                "labels_lost": sorted(label for label, value in hd95.items() if math.isnan(value)),
+                "labels_lost": sorted(label for label in hd95 if (label in present_after) != (label in present_fixed)),
             }
             rows.append(row)
             extra = f" ({stats['note']})" if stats.get("note") else ""

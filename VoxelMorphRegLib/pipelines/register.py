@@ -120,21 +120,46 @@ def load_model(spec: str, fixed: sitk.Image):
     return network, config, str(path)
 
 
-def refinement_settings(options: RegisterOptions, config: ModelConfig, has_network: bool) -> dict:
-    """The refinement's iterations, smoothness weight and step size: the options where given, else the model's defaults."""
-    iterations = options.refine_iterations
-    if iterations is not None and iterations < 0:
-        raise VoxelMorphRegError(f"--refine must be >= 0, got {iterations}")
-    if iterations is None:
-        iterations = int(config.default_refine_iterations) if has_network else DEFAULT_NONE_REFINEMENT
+def refinement_settings(options: RegisterOptions, config: ModelConfig, has_network: bool, model_name: str = "the model") -> dict:
+    """The refinement's iterations, smoothness weight and step size: the options where given, else
+    the model's defaults. Each value is checked where it comes from; a bad one gets a one-line error
+    naming the option or the model that set it."""
+
+    def number(value, source: str, kind=float):
+        try:
+            value = kind(value)
+        except (TypeError, ValueError):
+            raise VoxelMorphRegError(f"{source} must be a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise VoxelMorphRegError(f"{source} must be a finite number, got {value}")
+        return value
+
+    if options.refine_iterations is not None:
+        iterations = number(options.refine_iterations, "--refine", int)
+        if iterations < 0:
+            raise VoxelMorphRegError(f"--refine must be >= 0, got {iterations}")
+    elif has_network:
+        iterations = number(config.default_refine_iterations, f"{model_name}: default_refine_iterations", int)
+        if iterations < 0:
+            raise VoxelMorphRegError(f"{model_name}: default_refine_iterations must be >= 0, got {iterations}")
+    else:
+        iterations = DEFAULT_NONE_REFINEMENT
     if not has_network and iterations == 0:
         raise VoxelMorphRegError(f"--model none has no network: it needs --refine N with N > 0 (default {DEFAULT_NONE_REFINEMENT})")
-    smoothness = config.default_refine_smoothness if options.refine_smoothness is None else float(options.refine_smoothness)
-    if not (smoothness >= 0 and math.isfinite(smoothness)):
-        raise VoxelMorphRegError(f"--refine-smoothness must be a finite number >= 0, got {smoothness}")
-    learning_rate = config.default_refine_learning_rate if options.refine_learning_rate is None else float(options.refine_learning_rate)
-    if not (learning_rate > 0 and math.isfinite(learning_rate)):
-        raise VoxelMorphRegError(f"--refine-learning-rate must be a finite number > 0, got {learning_rate}")
+    if options.refine_smoothness is not None:
+        source, smoothness = "--refine-smoothness", options.refine_smoothness
+    else:
+        source, smoothness = f"{model_name}: default_refine_smoothness", config.default_refine_smoothness
+    smoothness = number(smoothness, source)
+    if smoothness < 0:
+        raise VoxelMorphRegError(f"{source} must be a finite number >= 0, got {smoothness}")
+    if options.refine_learning_rate is not None:
+        source, learning_rate = "--refine-learning-rate", options.refine_learning_rate
+    else:
+        source, learning_rate = f"{model_name}: default_refine_learning_rate", config.default_refine_learning_rate
+    learning_rate = number(learning_rate, source)
+    if learning_rate <= 0:
+        raise VoxelMorphRegError(f"{source} must be a finite number > 0, got {learning_rate}")
     return {"iterations": int(iterations), "smoothness": float(smoothness), "learning_rate": float(learning_rate)}
 
 
@@ -183,7 +208,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
     device = select_device(options.device)
     stages.start("model", 5, "loading the model")
     network, config, model_description = load_model(options.model, fixed)
-    refinement = refinement_settings(options, config, network is not None)
+    refinement = refinement_settings(options, config, network is not None, model_description)
     if options.integration_steps is not None and not 0 <= options.integration_steps <= 20:
         raise VoxelMorphRegError(f"--integration-steps must be between 0 and 20, got {options.integration_steps}")
 
