@@ -93,7 +93,7 @@ class VoxelMorphRegParameterNode:
     """What the panel shows, saved with the scene.
 
     model: "bundled", "none" or a checkpoint file path; userModels: checkpoint files the user added.
-    integrationSteps: 0 means the model's own setting. fade: foreground (warped) opacity.
+    integrationSteps: 0 means the model's own setting; refineSmoothness below 0 too. fade: foreground (warped) opacity.
     train*: the Train panel's settings (see VoxelMorphRegLogic.train).
     """
 
@@ -107,6 +107,7 @@ class VoxelMorphRegParameterNode:
     affine: bool = True
     refineIterations: Annotated[int, WithinRange(-1, 2000)] = -1  # -1: the model's own default
     integrationSteps: Annotated[int, WithinRange(0, 20)] = 0
+    refineSmoothness: Annotated[float, WithinRange(-0.05, 100.0)] = -0.05  # below 0: the model's own default
     outputVolume: vtkMRMLScalarVolumeNode
     outputTransform: vtkMRMLTransformNode
     inverseTransform: bool = False
@@ -373,6 +374,7 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=p.device,
                 affine=p.affine,
                 refineIterations=p.refineIterations,
+                refineSmoothness=p.refineSmoothness,
                 integrationSteps=p.integrationSteps or None,
                 outputVolume=p.outputVolume,
                 outputTransform=p.outputTransform,
@@ -811,7 +813,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
 
         ``model``: None or "bundled" (the bundled model), "none" (per-pair optimisation only) or a
         checkpoint file. ``device``: "auto", "cpu" or "cuda". ``refineIterations`` and
-        ``refineSmoothness``: the per-pair refinement (None: the model's defaults). ``output*``: existing nodes to
+        ``refineSmoothness``: the per-pair refinement (None or below 0: the model's defaults). ``output*``: existing nodes to
         overwrite; ``None`` creates new nodes (only when the run succeeds).
 
         With ``wait=True`` (default) this blocks and returns a ``RegistrationResult`` whose
@@ -833,7 +835,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             device=device or "auto",
             affine=bool(affine),
             refine_iterations=None if refineIterations is None or int(refineIterations) < 0 else int(refineIterations),
-            refine_smoothness=None if refineSmoothness is None else float(refineSmoothness),
+            refine_smoothness=None if refineSmoothness is None or float(refineSmoothness) < 0 else float(refineSmoothness),
             integration_steps=int(integrationSteps) if integrationSteps else None,
             inverse_transform=bool(inverseTransform or outputInverseTransform),
             jacobian=bool(jacobian or outputJacobian),
