@@ -92,10 +92,16 @@ def test_cli_train_with_worker_processes(dataset, tmp_path):
     code = main([
         "train", "--data", str(dataset / "train.csv"), "--atlas", str(dataset / "a_norm.nii.gz"), "--out", str(tmp_path / "run"),
         "--steps", "4", "--no-affine", "--workers", "1", "--validate-every", "2", "--val", str(dataset / "train.csv"), "--quiet",
+        "--default-refine", "7", "--default-refine-smoothness", "0.4",
     ])
     assert code == 0
     _, config, payload = load_checkpoint(tmp_path / "run" / "last.pt")
     assert payload["step"] == 4 and config.training["command"].startswith("voxelmorphreg train")
+    # the refinement `register` will run with this model by default
+    assert (config.default_refine_iterations, config.default_refine_smoothness, config.default_refine_learning_rate) == (7, 0.4, 0.1)
+    code = main(["train", "--data", str(dataset / "train.csv"), "--atlas", str(dataset / "a_norm.nii.gz"), "--out", str(tmp_path / "bad"),
+                 "--steps", "1", "--no-affine", "--default-refine-smoothness", "-2", "--quiet"])
+    assert code == 2
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test uses fork-based gloo on Linux")

@@ -68,6 +68,9 @@ def _add_train(sub):
     p.add_argument("--spacing", type=float, default=2.0, help="model grid spacing, mm")
     p.add_argument("--svf-level", type=int, default=1, help="velocity field at input resolution / 2**level")
     p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--default-refine", type=int, default=None, metavar="N", help="refinement iterations `register` runs with the trained model by default (stored in its config; default: the --init model's, else 0)")
+    p.add_argument("--default-refine-smoothness", type=float, default=None, metavar="W", help="the trained model's default refinement smoothness weight (default: the --init model's, else 1.0)")
+    p.add_argument("--default-refine-learning-rate", type=float, default=None, metavar="LR", help="the trained model's default refinement step size (default: the --init model's, else 0.1)")
     p.add_argument("--skull-strip-labels", action="store_true", help="set non-brain labels of whole-head label maps to background")
     p.add_argument("--eval-labels", help="JSON list of label IDs to average Dice over (e.g. labels30.json)")
     p.add_argument("--cache", help="folder caching subjects on the model grid")
@@ -114,6 +117,12 @@ def _run_train(args, log):
         raise VoxelMorphRegError(f"--svf-level must be between 0 and 3, got {args.svf_level}")
     else:
         config = ModelConfig(spacing=[args.spacing] * 3, svf_level=args.svf_level, decoder_features=[32, 32, 32, 16][: 4 - args.svf_level])
+    for name, value in (("iterations", args.default_refine), ("smoothness", args.default_refine_smoothness), ("learning_rate", args.default_refine_learning_rate)):
+        if value is not None:
+            setattr(config, f"default_refine_{name}", value)
+    from ..pipelines.register import RegisterOptions, refinement_settings
+
+    refinement_settings(RegisterOptions(), config, True, "--default-refine options")  # one-line error for a bad value, before any work
     eval_labels = []
     if args.eval_labels:
         try:
