@@ -122,45 +122,31 @@ def load_model(spec: str, fixed: sitk.Image):
 
 def refinement_settings(options: RegisterOptions, config: ModelConfig, has_network: bool, model_name: str = "the model") -> dict:
     """The refinement's iterations, smoothness weight and step size: the options where given, else
-    the model's defaults. Each value is checked where it comes from; a bad one gets a one-line error
-    naming the option or the model that set it."""
+    the model's defaults (``load_model`` gives ``--model none`` its own). Each value is checked
+    where it comes from; a bad one gets a one-line error naming the option or the model that set it."""
 
-    def number(value, source: str, kind=float):
+    def chosen(option, flag: str, field: str, kind=float):
+        source, value = (flag, option) if option is not None else (f"{model_name}: {field}", getattr(config, field))
         try:
             value = kind(value)
         except (TypeError, ValueError):
             raise VoxelMorphRegError(f"{source} must be a number, got {value!r}") from None
         if not math.isfinite(value):
             raise VoxelMorphRegError(f"{source} must be a finite number, got {value}")
-        return value
+        return source, value
 
-    if options.refine_iterations is not None:
-        iterations = number(options.refine_iterations, "--refine", int)
-        if iterations < 0:
-            raise VoxelMorphRegError(f"--refine must be >= 0, got {iterations}")
-    elif has_network:
-        iterations = number(config.default_refine_iterations, f"{model_name}: default_refine_iterations", int)
-        if iterations < 0:
-            raise VoxelMorphRegError(f"{model_name}: default_refine_iterations must be >= 0, got {iterations}")
-    else:
-        iterations = DEFAULT_NONE_REFINEMENT
+    source, iterations = chosen(options.refine_iterations, "--refine", "default_refine_iterations", int)
+    if iterations < 0:
+        raise VoxelMorphRegError(f"{source} must be >= 0, got {iterations}")
     if not has_network and iterations == 0:
         raise VoxelMorphRegError(f"--model none has no network: it needs --refine N with N > 0 (default {DEFAULT_NONE_REFINEMENT})")
-    if options.refine_smoothness is not None:
-        source, smoothness = "--refine-smoothness", options.refine_smoothness
-    else:
-        source, smoothness = f"{model_name}: default_refine_smoothness", config.default_refine_smoothness
-    smoothness = number(smoothness, source)
+    source, smoothness = chosen(options.refine_smoothness, "--refine-smoothness", "default_refine_smoothness")
     if smoothness < 0:
         raise VoxelMorphRegError(f"{source} must be a finite number >= 0, got {smoothness}")
-    if options.refine_learning_rate is not None:
-        source, learning_rate = "--refine-learning-rate", options.refine_learning_rate
-    else:
-        source, learning_rate = f"{model_name}: default_refine_learning_rate", config.default_refine_learning_rate
-    learning_rate = number(learning_rate, source)
+    source, learning_rate = chosen(options.refine_learning_rate, "--refine-learning-rate", "default_refine_learning_rate")
     if learning_rate <= 0:
         raise VoxelMorphRegError(f"{source} must be a finite number > 0, got {learning_rate}")
-    return {"iterations": int(iterations), "smoothness": float(smoothness), "learning_rate": float(learning_rate)}
+    return {"iterations": iterations, "smoothness": smoothness, "learning_rate": learning_rate}
 
 
 def _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop):
