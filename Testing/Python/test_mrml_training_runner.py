@@ -70,7 +70,9 @@ FAKE_TRAIN_ENGINE = textwrap.dedent(
     if mode == "stubborn":
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child inherits it
     if mode in ("slow", "stubborn", "leaky"):
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        # The child keeps the output pipe open (stdout), but its own KeyboardInterrupt traceback goes
+        # nowhere: on the shared stderr it could interleave with the engine's "interrupted" line.
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stderr=subprocess.DEVNULL)
         record["child"] = child.pid
     Path(os.environ["FAKE_TRAIN_RECORD"]).write_text(json.dumps(record))
 
