@@ -7,10 +7,14 @@ non-zero exit code, never a traceback. Progress goes to stderr; ``--quiet`` sile
 from __future__ import annotations
 
 import argparse
+import inspect
+import os
 import shlex
 import sys
 
-from ..errors import VoxelMorphRegError
+from ..contract import (BEST_CHECKPOINT, LAST_CHECKPOINT, TRAINING_LOG, Done, Error, Interrupted, RegisterOptions, Stage, Started, TrainOptions,
+                        add_arguments, open_event_channel, options_from_args)
+from ..errors import CancelledError, VoxelMorphRegError
 
 
 def _progress(quiet: bool):
@@ -21,6 +25,34 @@ def _progress(quiet: bool):
     return log
 
 
+def _stop_on_stdin():
+    """A ``should_stop`` that turns true when standard input reads ``stop`` or ends.
+
+    Front ends (the Slicer module) start the engine with ``--stop-on-stdin`` and a pipe as its
+    standard input: a stop request reaches the engine itself (not a launcher in between, as a
+    signal would), and the end of input (the front end has gone) stops it too.
+    """
+    import threading
+
+    requested = threading.Event()
+
+    def watch():
+        try:
+            for line in sys.stdin:
+                if line.strip().lower() == "stop":
+                    break
+        except (OSError, ValueError):
+            pass
+        requested.set()
+
+    threading.Thread(target=watch, name="voxelmorphreg stop watcher", daemon=True).start()
+    return requested.is_set
+
+
+def _add_stop_option(p):
+    p.add_argument("--stop-on-stdin", action="store_true", help="stop cleanly when standard input reads 'stop' or ends (for front ends; a training saves last.pt)")
+
+
 def _add_register(sub):
     p = sub.add_parser("register", help="register MOVING onto FIXED and write the results to --out")
     p.add_argument("fixed", help="fixed (target) volume: NIfTI, NRRD, MHA or a DICOM folder")
@@ -28,15 +60,14 @@ def _add_register(sub):
     p.add_argument("--out", required=True, help="output folder (created if needed)")
     p.add_argument("--moving-labels", help="label map on the moving image's grid, carried into fixed space")
     p.add_argument("--fixed-labels", help="label map on the fixed image's grid, for Dice before/after")
-    p.add_argument("--model", default="bundled", help="model file, 'bundled' (default) or 'none' (optimisation only)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment (images already aligned)")
-    p.add_argument("--refine", type=int, default=None, metavar="N", help="N iterations of per-pair refinement (default: the model's own default, 200 for the bundled model; 200 with --model none; 0 for the network alone)")
-    p.add_argument("--refine-smoothness", type=float, default=None, metavar="W", help="weight of velocity smoothness in the refinement loss (default: the model's; larger is smoother)")
-    p.add_argument("--refine-learning-rate", type=float, default=None, metavar="LR", help="Adam step size of the refinement (default: the model's)")
-    p.add_argument("--integration-steps", type=int, default=None, metavar="N", help="scaling-and-squaring steps (default: the model's)")
-    p.add_argument("--no-qc", action="store_true", help="do not draw qc.png")
+    add_arguments(p, RegisterOptions)  # the settings, defined once in contract.RegisterOptions
+    _add_common(p)
+
+
+def _add_common(p):
+    p.add_argument("--events", metavar="DEST", help="also write progress events, one JSON object per line, to DEST: '-' (stdout), 'fd:N' or a file (see README: Events)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    _add_stop_option(p)
 
 
 def _add_demo(sub):
@@ -51,60 +82,28 @@ def _add_demo(sub):
 def _add_train(sub):
     p = sub.add_parser("train", help="train or fine-tune a model")
     p.add_argument("--data", required=True, help="folder or CSV (image,labels columns) of training subjects")
-    p.add_argument("--val", help="folder or CSV of labelled validation subjects (Dice picks the best checkpoint)")
     p.add_argument("--atlas", required=True, help="volume whose space defines the model grid; every subject is affinely aligned to it")
     p.add_argument("--out", required=True, help="folder for checkpoints (last.pt, best.pt), log.csv and TensorBoard logs")
-    p.add_argument("--init", help="start from this model's weights (fine-tuning)")
-    p.add_argument("--pairs", choices=["random", "to-atlas"], default="random", help="random pairs between subjects, or every subject registered to --atlas")
-    p.add_argument("--atlas-labels", help="label map of --atlas (for the Dice loss with --pairs to-atlas)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--learning-rate", type=float, default=3e-4)
-    p.add_argument("--similarity", choices=["lncc", "mse"], default="lncc")
-    p.add_argument("--lncc-window", type=int, default=7)
-    p.add_argument("--smoothness", choices=["gradient", "bending"], default="gradient")
-    p.add_argument("--smoothness-weight", type=float, default=1.0)
-    p.add_argument("--dice-weight", type=float, default=1.0)
-    p.add_argument("--augment-mm", type=float, default=6.0, help="largest random displacement of the augmentation, mm")
-    p.add_argument("--spacing", type=float, default=2.0, help="model grid spacing, mm")
-    p.add_argument("--svf-level", type=int, default=1, help="velocity field at input resolution / 2**level")
-    p.add_argument("--validate-every", type=int, default=100)
-    p.add_argument("--default-refine", type=int, default=None, metavar="N", help="refinement iterations `register` runs with the trained model by default (stored in its config; default: the --init model's, else 0)")
-    p.add_argument("--default-refine-smoothness", type=float, default=None, metavar="W", help="the trained model's default refinement smoothness weight (default: the --init model's, else 1.0)")
-    p.add_argument("--default-refine-learning-rate", type=float, default=None, metavar="LR", help="the trained model's default refinement step size (default: the --init model's, else 0.1)")
-    p.add_argument("--skull-strip-labels", action="store_true", help="set non-brain labels of whole-head label maps to background")
-    p.add_argument("--eval-labels", help="JSON list of label IDs to average Dice over (e.g. labels30.json)")
-    p.add_argument("--cache", help="folder caching subjects on the model grid")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for synthesis and augmentation")
-    p.add_argument("--no-affine", action="store_true")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    add_arguments(p, TrainOptions)  # the settings, defined once in contract.TrainOptions
+    _add_common(p)
 
 
-def _run_register(args, log):
-    from ..pipelines.register import RegisterOptions, register_files
+def _run_register(args, log, events):
+    from ..pipelines.register import register_files
 
-    options = RegisterOptions(
-        model=args.model,
-        device=args.device,
-        affine=not args.no_affine,
-        refine_iterations=args.refine,
-        refine_smoothness=args.refine_smoothness,
-        refine_learning_rate=args.refine_learning_rate,
-        integration_steps=args.integration_steps,
-        qc=not args.no_qc,
-    )
-    result = register_files(args.fixed, args.moving, args.out, options, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels, log=log)
+    options = options_from_args(RegisterOptions, args)
+    should_stop = _stop_on_stdin() if getattr(args, "stop_on_stdin", False) else (lambda: False)
+    result = register_files(args.fixed, args.moving, args.out, options, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels, log=log, events=events, should_stop=should_stop)
     log(f"done in {result.metrics['seconds']['total']:.1f} s; results in {args.out}")
 
 
-def _run_demo(args, log):
+def _run_demo(args, log, events):
     from ..pipelines.demo import run_demo
 
     run_demo(args.out, model=args.model, device=args.device, seed=args.seed, log=log)
 
 
-def _run_train(args, log):
+def _run_train(args, log, events):
     import json
     from pathlib import Path
 
@@ -120,7 +119,7 @@ def _run_train(args, log):
     for name, value in (("iterations", args.default_refine), ("smoothness", args.default_refine_smoothness), ("learning_rate", args.default_refine_learning_rate)):
         if value is not None:
             setattr(config, f"default_refine_{name}", value)
-    from ..pipelines.register import RegisterOptions, refinement_settings
+    from ..pipelines.register import refinement_settings
 
     refinement_settings(RegisterOptions(), config, True, "--default-refine options")  # one-line error for a bad value, before any work
     eval_labels = []
@@ -129,10 +128,13 @@ def _run_train(args, log):
             eval_labels = [int(v) for v in json.loads(Path(args.eval_labels).read_text())]
         except (OSError, ValueError, TypeError) as exc:
             raise VoxelMorphRegError(f"{args.eval_labels}: not a JSON list of label IDs ({exc})") from None
+    should_stop = _stop_on_stdin() if getattr(args, "stop_on_stdin", False) else (lambda: False)
     cache = Path(args.cache) if args.cache else Path(args.out) / "cache"
     train_sources = training.sources_from(args.data)
     val_sources = training.sources_from(args.val) if args.val else []
-    log(f"{len(train_sources)} training and {len(val_sources)} validation subjects; preparing them on the model grid")
+    text = f"{len(train_sources)} training and {len(val_sources)} validation subjects; preparing them on the model grid"
+    log(text)
+    events(Stage("prepare", 0, text))
     train_subjects = training.prepare_all(train_sources, args.atlas, config, cache, args.skull_strip_labels, not args.no_affine, log)
     val_subjects = training.prepare_all(val_sources, args.atlas, config, cache, args.skull_strip_labels, not args.no_affine, log)
     atlas_subject = None
@@ -149,6 +151,11 @@ def _run_train(args, log):
         smoothness=args.smoothness,
         smoothness_weight=args.smoothness_weight,
         dice_weight=args.dice_weight,
+        similarity_weight=args.similarity_weight,
+        synthetic_fraction=args.synthetic_fraction,
+        whole_head_fraction=args.whole_head_fraction,
+        t1_fraction=args.t1_fraction,
+        precision=args.precision,
         augment_displacement_mm=args.augment_mm,
         validate_every=args.validate_every,
         workers=args.workers,
@@ -158,11 +165,17 @@ def _run_train(args, log):
         eval_labels=eval_labels,
         command="voxelmorphreg " + " ".join(shlex.quote(a) for a in args.argv),
     )
-    summary = training.train(options, train_subjects, val_subjects, config, log=log, init=args.init, atlas=atlas_subject)
-    log(f"finished at step {summary['step']}; best validation Dice {summary['best_validation_dice']:.4f}; best model: {args.out}/best.pt")
+    events(Stage("train", 0, f"training for {args.steps} steps"))
+    extra = {"events": events} if "events" in inspect.signature(training.train).parameters else {}  # until the loop emits Step/Validation
+    if should_stop():  # asked to stop while the subjects were prepared: nothing trained yet, nothing to save
+        raise CancelledError("training stopped before its first step")
+    summary = training.train(options, train_subjects, val_subjects, config, log=log, should_stop=should_stop, init=args.init, atlas=atlas_subject, **extra)
+    log(f"finished at step {summary['step']}; best validation Dice {summary['best_validation_dice']:.4f}; best model: {args.out}/{BEST_CHECKPOINT}")
+    events(Done(str(args.out), [name for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, TRAINING_LOG) if (Path(args.out) / name).is_file()], None,
+                {"step": summary["step"], "best_validation_dice": summary["best_validation_dice"]}))
 
 
-def _run_evaluate(args, log):
+def _run_evaluate(args, log, events):
     from ..pipelines.evaluate import run
 
     run(args, log)
@@ -189,18 +202,32 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     log = _progress(getattr(args, "quiet", False))
+    try:
+        channel = open_event_channel(getattr(args, "events", None))
+    except ValueError as exc:
+        print(f"voxelmorphreg: error: {exc}", file=sys.stderr)
+        return 2
+    from .. import __version__
+
+    channel.emit(Started(args.command, __version__, os.getpid()))
     runners = {"register": _run_register, "demo": _run_demo, "train": _run_train, "evaluate": _run_evaluate}
     try:
-        runners[args.command](args, log)
+        runners[args.command](args, log, channel.emit)
     except VoxelMorphRegError as exc:
         print(f"voxelmorphreg: error: {exc}", file=sys.stderr)
+        channel.emit(Error(str(exc), exc.exit_code))
         return exc.exit_code
     except KeyboardInterrupt:
         print("voxelmorphreg: interrupted", file=sys.stderr)
+        channel.emit(Interrupted("interrupted", 130))
         return 130
     except MemoryError:
-        print("voxelmorphreg: error: out of memory; try a smaller volume or --device cpu on a machine with more memory", file=sys.stderr)
+        message = "out of memory; try a smaller volume or --device cpu on a machine with more memory"
+        print(f"voxelmorphreg: error: {message}", file=sys.stderr)
+        channel.emit(Error(message, 3))
         return 3
+    finally:
+        channel.close()
     return 0
 
 

@@ -21,7 +21,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .. import contract
 from ..checkpoint import ModelConfig, load_checkpoint
+from ..contract import Done, Message, Progress, RegisterOptions, Stage, no_events
 from ..errors import CancelledError, VoxelMorphRegError
 from ..image.affine import affine_register
 from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, physical_to_flow, vector_image
@@ -61,18 +63,6 @@ def bundled_model_path() -> Path:
 
 
 @dataclass
-class RegisterOptions:
-    model: str = "bundled"  # a checkpoint path, "bundled" or "none" (optimisation only)
-    device: str = "auto"
-    affine: bool = True
-    refine_iterations: int | None = None  # None: the model's default_refine_iterations, DEFAULT_NONE_REFINEMENT without a model
-    integration_steps: int | None = None
-    qc: bool = True
-    refine_learning_rate: float | None = None  # None: the model's default_refine_learning_rate
-    refine_smoothness: float | None = None  # None: the model's default_refine_smoothness
-
-
-@dataclass
 class RegistrationResult:
     warped: sitk.Image
     displacement: sitk.Image  # fixed -> moving, on the fixed grid, LPS mm, VectorFloat64
@@ -84,10 +74,11 @@ class RegistrationResult:
 
 
 class _Stages:
-    """Progress lines ``[ NN%] stage`` on the log and seconds per stage."""
+    """Progress lines ``[ NN%] stage`` on the log, a :class:`~contract.Stage` event each, and seconds per stage."""
 
-    def __init__(self, log):
+    def __init__(self, log, events=no_events):
         self.log = log
+        self.events = events
         self.seconds: dict[str, float] = {}
         self.current = None
         self.started = time.perf_counter()
@@ -98,6 +89,7 @@ class _Stages:
         self.current = name
         self.stage_start = time.perf_counter()
         self.log(f"[{percent:3d}%] {text}")
+        self.events(Stage(name, percent, text))
 
     def stop(self):
         if self.current:
@@ -149,7 +141,7 @@ def refinement_settings(options: RegisterOptions, config: ModelConfig, has_netwo
     return {"iterations": iterations, "smoothness": smoothness, "learning_rate": learning_rate}
 
 
-def _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop):
+def _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop, events=no_events):
     """Run the network (and refinement) on ``device``; returns (flow, inverse flow) as NumPy, voxel units."""
     model = network if network is not None else config.build()
     if options.integration_steps is not None:
@@ -172,7 +164,9 @@ def _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement,
 
         def progress(i, n, loss):
             if i % step == 0 or i == n:
-                log(f"[{55 + int(10 * i / n):3d}%] refinement {i}/{n} loss {loss:.4f}")
+                percent, text = 55 + int(10 * i / n), f"refinement {i}/{n} loss {loss:.4f}"
+                log(f"[{percent:3d}%] {text}")
+                events(Progress("refine", i, n, percent, float(loss), text))
 
         velocity = refine_velocity(
             moving_t, fixed_t, velocity, lambda v: model.flow_from_velocity(v, shape), refine_iterations,
@@ -187,10 +181,12 @@ def _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement,
     return flow[0].cpu().numpy(), inverse[0].cpu().numpy(), model.integration_steps
 
 
-def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions | None = None, moving_labels: sitk.Image | None = None, fixed_labels: sitk.Image | None = None, log=print, should_stop=lambda: False) -> RegistrationResult:
-    """Register ``moving`` onto ``fixed`` (both float32 SimpleITK volumes, already checked)."""
+def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions | None = None, moving_labels: sitk.Image | None = None, fixed_labels: sitk.Image | None = None, log=print, should_stop=lambda: False, events=no_events) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed`` (both float32 SimpleITK volumes, already checked).
+
+    ``log`` gets the human lines, ``events`` the :mod:`~VoxelMorphRegLib.contract` events."""
     options = options or RegisterOptions()
-    stages = _Stages(log)
+    stages = _Stages(log, events)
     device = select_device(options.device)
     stages.start("model", 5, "loading the model")
     network, config, model_description = load_model(options.model, fixed)
@@ -214,15 +210,16 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
 
     used_device, fallback = device, None
     try:
-        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop)
+        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop, events)
     except torch.cuda.OutOfMemoryError:
         fallback = "CUDA ran out of memory; fell back to the CPU"
         log(f"warning: {fallback}")
+        events(Message(fallback, "warning"))
         torch.cuda.empty_cache()
         used_device = torch.device("cpu")
         if network is not None:
             network = network.cpu()
-        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, used_device, stages, log, should_stop)
+        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, used_device, stages, log, should_stop, events)
     if should_stop():
         raise CancelledError("registration cancelled")
 
@@ -295,23 +292,28 @@ def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
     return report
 
 
-def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False) -> RegistrationResult:
-    """Read, register and write every output into ``out_dir`` (see README: Outputs)."""
+def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False, events=no_events) -> RegistrationResult:
+    """Read, register and write every output into ``out_dir`` (see README: Outputs).
+
+    Emits the run's events on ``events``: Stage (read ... write), Progress (refinement), Done."""
     options = options or RegisterOptions()
     started = time.perf_counter()
     log("[  0%] reading the images")
+    events(Stage("read", 0, "reading the images"))
     out = ensure_output_folder(out_dir)
     fixed = read_volume(fixed_path, name=f"fixed image {fixed_path}")
     moving = read_volume(moving_path, name=f"moving image {moving_path}")
     moving_label_image = read_labels(moving_labels, reference=moving, name=f"moving labels {moving_labels}") if moving_labels else None
     fixed_label_image = read_labels(fixed_labels, reference=fixed, name=f"fixed labels {fixed_labels}") if fixed_labels else None
     read_seconds = time.perf_counter() - started
-    result = register_images(fixed, moving, options, moving_label_image, fixed_label_image, log, should_stop)
+    result = register_images(fixed, moving, options, moving_label_image, fixed_label_image, log, should_stop, events)
 
-    log("[ 90%] writing the results" + (" and drawing qc.png" if options.qc else ""))
+    text = "writing the results" + (" and drawing qc.png" if options.qc else "")
+    log(f"[ 90%] {text}")
+    events(Stage("write", 90, text))
     seconds = result.metrics["seconds"]
-    files = {"warped.nii.gz": result.warped, "warped_labels.nii.gz": result.warped_labels, "displacement.nii.gz": result.displacement,
-             "inverse_displacement.nii.gz": result.inverse_displacement, "jacobian.nii.gz": result.jacobian}
+    files = {contract.WARPED: result.warped, contract.WARPED_LABELS: result.warped_labels, contract.DISPLACEMENT: result.displacement,
+             contract.INVERSE_DISPLACEMENT: result.inverse_displacement, contract.JACOBIAN: result.jacobian}
     write_started = time.perf_counter()
     write_ended = [write_started]
     # ITK compresses outside Python's lock: the files are written side by side while the QC figure is
@@ -324,18 +326,21 @@ def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | 
             from .qc_figure import draw_qc
 
             qc_started = time.perf_counter()
-            write_bytes(draw_qc(fixed, moving, result), out / "qc.png")
+            write_bytes(draw_qc(fixed, moving, result), out / contract.QC_FIGURE)
             seconds["qc"] = round(time.perf_counter() - qc_started, 3)
         for write in writes:
             write.result()  # re-raises a failed write's one-line error
     seconds["write"] = round(max(write_ended) - write_started, 3)
     # Outputs of an earlier run into the same folder that this run does not write would no longer match it.
-    stale = [name for name, image in files.items() if image is None] + ([] if options.qc else ["qc.png"])
+    stale = [name for name, image in files.items() if image is None] + ([] if options.qc else [contract.QC_FIGURE])
     for name in stale:
         (out / name).unlink(missing_ok=True)
     seconds["read"] = round(read_seconds, 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
     result.metrics["inputs"] = {"fixed": str(fixed_path), "moving": str(moving_path), "moving_labels": moving_labels and str(moving_labels), "fixed_labels": fixed_labels and str(fixed_labels)}
-    write_bytes(json.dumps(result.metrics, indent=2).encode(), out / "metrics.json")
+    write_bytes(json.dumps(result.metrics, indent=2).encode(), out / contract.METRICS)
     log("[100%] done")
+    written = [name for name in contract.REGISTER_OUTPUTS if (out / name).is_file()]  # this run's: stale ones were removed
+    dice = result.metrics.get("dice") or {}
+    events(Done(str(out_dir), written, seconds["total"], {key: dice[key] for key in ("mean_before", "mean_affine", "mean_after") if key in dice}))
     return result
