@@ -11,13 +11,26 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import VoxelMorphRegError
+from .stored_data import DamagedFile, StoredData, scan_file
 
 _LABEL_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64}
+_COMPLEX_TYPES = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
 
 
-def _read_any(path: Path, name: str) -> sitk.Image:
+def _read_any(path: Path, name: str) -> tuple[sitk.Image, StoredData | None]:
+    """The image and, for NIfTI and MetaImage files, what its stored data holds (see :mod:`.stored_data`)."""
     if not path.exists():
         raise VoxelMorphRegError(f"{name}: no such file or folder")
+    stored = None
+    if path.is_file():
+        try:
+            stored = scan_file(path)
+        except DamagedFile as exc:
+            raise VoxelMorphRegError(f"{name}: {exc}") from None
+        except OSError as exc:
+            raise VoxelMorphRegError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+        if stored is not None and stored.kind == "complex":
+            raise VoxelMorphRegError(f"{name}: has complex voxels; a real-valued scalar volume is needed")
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
@@ -26,17 +39,30 @@ def _read_any(path: Path, name: str) -> sitk.Image:
                 raise VoxelMorphRegError(f"{name}: folder holds no DICOM series")
             files = reader.GetGDCMSeriesFileNames(str(path), series[0])
             reader.SetFileNames(files)
-            return reader.Execute()
-        return sitk.ReadImage(str(path))
+            return reader.Execute(), None
+        return sitk.ReadImage(str(path)), stored
     except VoxelMorphRegError:
         raise
     except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if "ERROR" in line or "Could not" in line or "Unable" in line), "")
-        raise VoxelMorphRegError(f"{name}: cannot be read as an image ({first or 'unknown format or corrupt file'})") from None
+        raise VoxelMorphRegError(f"{name}: cannot be read as an image ({_itk_reason(exc)})") from None
+    except MemoryError:
+        raise VoxelMorphRegError(f"{name}: not enough memory to read it") from None
+
+
+def _itk_reason(exc: Exception) -> str:
+    """The informative line of an ITK reader's exception."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    nrrd = [line for line in lines if line.startswith("[nrrd]")]
+    if nrrd:  # teem's messages: the last one is the cause
+        return "NRRD: " + nrrd[-1].split(":", 1)[-1].strip()
+    first = next((line for line in lines if "ERROR" in line or "Could not" in line or "Unable" in line), "")
+    return first or "unknown format or corrupt file"
 
 
 def check_volume(image: sitk.Image, name: str) -> None:
-    """Raise a one-line error unless ``image`` is a finite, non-constant 3D scalar volume."""
+    """Raise a one-line error unless ``image`` is a finite, non-constant 3D scalar volume on an orthogonal grid."""
+    if image.GetPixelID() in _COMPLEX_TYPES:
+        raise VoxelMorphRegError(f"{name}: has complex voxels; a real-valued scalar volume is needed")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VoxelMorphRegError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed")
     if image.GetDimension() != 3:
@@ -47,9 +73,7 @@ def check_volume(image: sitk.Image, name: str) -> None:
     spacing = image.GetSpacing()
     if min(spacing) <= 0 or not np.all(np.isfinite(spacing)):
         raise VoxelMorphRegError(f"{name}: invalid voxel spacing {spacing}")
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    if abs(abs(np.linalg.det(direction)) - 1) > 1e-3:
-        raise VoxelMorphRegError(f"{name}: direction matrix is not a rotation")
+    check_direction(image, name)
     array = sitk.GetArrayViewFromImage(image)
     if not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
@@ -58,11 +82,34 @@ def check_volume(image: sitk.Image, name: str) -> None:
         raise VoxelMorphRegError(f"{name}: image is constant (every voxel is {float(array.min()):g}); nothing to register")
 
 
+def check_direction(image: sitk.Image, name: str, tolerance: float = 1e-3) -> None:
+    """Raise a one-line error unless the image axes are orthonormal (a rotation, reflections allowed).
+
+    A sheared or scaled direction matrix is refused: NIfTI cannot store it (writers orthogonalise it
+    silently, moving voxels by millimetres) and the fields would not land on the image's grid."""
+    direction = np.array(image.GetDirection(), dtype=float).reshape(image.GetDimension(), image.GetDimension())
+    if not np.all(np.isfinite(direction)):
+        raise VoxelMorphRegError(f"{name}: direction matrix has non-finite entries")
+    error = float(np.abs(direction.T @ direction - np.eye(len(direction))).max())
+    if error > tolerance:
+        raise VoxelMorphRegError(
+            f"{name}: direction matrix is not orthogonal (sheared or scaled axes, largest |D^T D - I| entry {error:.3g}); "
+            "resample the image onto a grid with orthogonal axes first"
+        )
+
+
+def _refuse_non_finite(stored: StoredData | None, name: str) -> None:
+    # ITK's NIfTI reader turns NaN and infinite voxels into 0: they are counted in the stored data.
+    if stored is not None and stored.non_finite:
+        raise VoxelMorphRegError(f"{name}: {stored.non_finite} voxels are NaN or infinite")
+
+
 def read_volume(path, name: str | None = None) -> sitk.Image:
     """Read a 3D scalar volume (any ITK format or a DICOM folder) as float32, with checks."""
     path = Path(path)
     name = name or str(path)
-    image = _read_any(path, name)
+    image, stored = _read_any(path, name)
+    _refuse_non_finite(stored, name)
     # A 4D file with one volume, or a 3D file stored as 4D with a singleton, is common.
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
@@ -74,11 +121,14 @@ def read_labels(path, reference: sitk.Image | None = None, name: str | None = No
     """Read an integer label map; with ``reference``, require the same grid as that image."""
     path = Path(path)
     name = name or str(path)
-    image = _read_any(path, name)
+    image, stored = _read_any(path, name)
+    _refuse_non_finite(stored, name)
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
-    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3 or image.GetPixelID() in _COMPLEX_TYPES:
         raise VoxelMorphRegError(f"{name}: a label map must be a 3D scalar image")
+    if reference is None:
+        check_direction(image, name)
     array = sitk.GetArrayViewFromImage(image)
     if image.GetPixelID() not in _LABEL_TYPES:
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
