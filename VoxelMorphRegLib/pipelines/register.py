@@ -8,12 +8,10 @@ labels through that field with ``sitk.Resample`` -> Jacobian, metrics, files, QC
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +25,8 @@ from ..contract import Done, Message, Progress, RegisterOptions, Stage, no_event
 from ..errors import CancelledError, VoxelMorphRegError
 from ..image.affine import affine_register
 from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, physical_to_flow, vector_image
-from ..image.io import ensure_output_folder, read_labels, read_volume, write_bytes, write_image
+from ..image.io import ensure_output_folder, read_labels, read_volume
+from ..image.output_set import OutputSet
 from ..image.model_grid import orientation_of, resample_to
 from ..image.preprocessing import grid_for, image_on_grid
 from ..tensor.devices import select_device
@@ -277,14 +276,16 @@ def _quantised(field: np.ndarray) -> np.ndarray:
 
 
 def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
-    fixed_array = sitk.GetArrayViewFromImage(fixed_labels)
-    before = sitk.GetArrayViewFromImage(resample_to(moving_labels, fixed_labels, None, labels=True))
-    after = sitk.GetArrayViewFromImage(warped_labels)
-    labels = sorted(set(np.unique(fixed_array).tolist()) & set(np.unique(sitk.GetArrayViewFromImage(moving_labels)).tolist()) - {0})
+    # GetArrayFromImage copies: a view of a temporary image (resample_to's result) would be read
+    # after the image is freed, giving garbage scores.
+    fixed_array = sitk.GetArrayFromImage(fixed_labels)
+    before = sitk.GetArrayFromImage(resample_to(moving_labels, fixed_labels, None, labels=True))
+    after = sitk.GetArrayFromImage(warped_labels)
+    labels = sorted(set(np.unique(fixed_array).tolist()) & set(np.unique(sitk.GetArrayFromImage(moving_labels)).tolist()) - {0})
     report = {"labels": labels}
     stages = [("before", before), ("after", after)]
     if affine is not None:
-        stages.insert(1, ("affine", sitk.GetArrayViewFromImage(resample_to(moving_labels, fixed_labels, affine, labels=True))))
+        stages.insert(1, ("affine", sitk.GetArrayFromImage(resample_to(moving_labels, fixed_labels, affine, labels=True))))
     for name, array in stages:
         scores = dice_per_label(array, fixed_array, labels)
         report[name] = {str(k): round(v, 4) for k, v in scores.items()}
@@ -315,32 +316,30 @@ def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | 
     files = {contract.WARPED: result.warped, contract.WARPED_LABELS: result.warped_labels, contract.DISPLACEMENT: result.displacement,
              contract.INVERSE_DISPLACEMENT: result.inverse_displacement, contract.JACOBIAN: result.jacobian}
     write_started = time.perf_counter()
-    write_ended = [write_started]
-    # ITK compresses outside Python's lock: the files are written side by side while the QC figure is
-    # drawn, so seconds["write"] (the images) and seconds["qc"] overlap.
-    with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 2)) as pool:
-        writes = [pool.submit(write_image, image, out / name) for name, image in files.items() if image is not None]
-        for write in writes:
-            write.add_done_callback(lambda _: write_ended.append(time.perf_counter()))
+    # One commit step (image/output_set.py): every file is written under a temporary name and
+    # verified, then the set moves into place together, metrics.json (the manifest) last; on any
+    # failure or signal the earlier set stays as it was. ITK compresses outside Python's lock: the
+    # images are written side by side while the QC figure is drawn, so seconds["write"] (the images)
+    # and seconds["qc"] overlap.
+    with OutputSet(out) as outputs:
+        for name, image in files.items():
+            if image is not None:
+                outputs.add_image(name, image)
         if options.qc:
             from .qc_figure import draw_qc
 
             qc_started = time.perf_counter()
-            write_bytes(draw_qc(fixed, moving, result), out / contract.QC_FIGURE)
+            outputs.add_bytes(contract.QC_FIGURE, draw_qc(fixed, moving, result))
             seconds["qc"] = round(time.perf_counter() - qc_started, 3)
-        for write in writes:
-            write.result()  # re-raises a failed write's one-line error
-    seconds["write"] = round(max(write_ended) - write_started, 3)
-    # Outputs of an earlier run into the same folder that this run does not write would no longer match it.
-    stale = [name for name, image in files.items() if image is None] + ([] if options.qc else [contract.QC_FIGURE])
-    for name in stale:
-        (out / name).unlink(missing_ok=True)
-    seconds["read"] = round(read_seconds, 3)
-    seconds["total"] = round(time.perf_counter() - started, 3)
-    result.metrics["inputs"] = {"fixed": str(fixed_path), "moving": str(moving_path), "moving_labels": moving_labels and str(moving_labels), "fixed_labels": fixed_labels and str(fixed_labels)}
-    write_bytes(json.dumps(result.metrics, indent=2).encode(), out / contract.METRICS)
+        outputs.wait()  # a failed write's one-line error
+        seconds["write"] = round(max([outputs.ended[name] for name, image in files.items() if image is not None], default=write_started) - write_started, 3)
+        seconds["read"] = round(read_seconds, 3)
+        seconds["total"] = round(time.perf_counter() - started, 3)
+        result.metrics["inputs"] = {"fixed": str(fixed_path), "moving": str(moving_path), "moving_labels": moving_labels and str(moving_labels), "fixed_labels": fixed_labels and str(fixed_labels)}
+        # An output of an earlier run that this run does not write (warped_labels, qc.png) is removed with that set.
+        result.metrics = outputs.commit(result.metrics, contract.METRICS, replaces=contract.REGISTER_OUTPUTS)
     log("[100%] done")
-    written = [name for name in contract.REGISTER_OUTPUTS if (out / name).is_file()]  # this run's: stale ones were removed
+    written = [name for name in contract.REGISTER_OUTPUTS if name in result.metrics["files"] or name == contract.METRICS]  # this run's set
     dice = result.metrics.get("dice") or {}
     events(Done(str(out_dir), written, seconds["total"], {key: dice[key] for key in ("mean_before", "mean_affine", "mean_after") if key in dice}))
     return result
