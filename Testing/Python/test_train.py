@@ -53,7 +53,7 @@ def test_random_pairs_synthesise_label_only_subjects_on_their_grid(dataset, tmp_
     config = tiny_config()
     subjects = training.prepare_all(training.sources_from(dataset / "train.csv"), dataset / "a_norm.nii.gz", config, tmp_path, False, align=False, log=lambda m: None)
     synthetic = next(s for s in subjects if s.image is None)
-    pairs = training.RandomPairs(subjects, augment_voxels=1.0, seed=0)
+    pairs = training.TrainingPairs(subjects, training.PairRecipe(augment_voxels=1.0), seed=0)
     image, labels = pairs.draw(synthetic, __import__("torch").Generator().manual_seed(0))
     assert image.shape[2:] == synthetic.labels.shape == labels.shape[2:]
     assert 0 <= float(image.min()) and float(image.max()) <= 1
@@ -125,7 +125,7 @@ def test_to_atlas_pairs_always_use_the_atlas_as_fixed(dataset, tmp_path):
     config = tiny_config()
     subjects = training.prepare_all(training.sources_from(dataset / "train.csv"), dataset / "a_norm.nii.gz", config, tmp_path, False, align=False, log=lambda m: None)
     atlas = training.prepare_all([training.SubjectSource("atlas", str(dataset / "a_norm.nii.gz"), str(dataset / "a_seg.nii.gz"))], dataset / "a_norm.nii.gz", config, tmp_path, False, align=False, log=lambda m: None)[0]
-    stream = iter(training.RandomPairs(subjects[1:], augment_voxels=1.0, seed=0, atlas=atlas))
+    stream = iter(training.TrainingPairs(subjects[1:], training.PairRecipe(augment_voxels=1.0), seed=0, atlas=atlas))
     for _ in range(3):
         pair = next(stream)
         assert torch.equal(pair["fixed"][0, 0], torch.from_numpy(atlas.image))  # the atlas is kept as it is

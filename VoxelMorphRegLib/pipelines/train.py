@@ -1,56 +1,48 @@
-"""Train a registration model: ``voxelmorphreg train``.
+"""Train a registration model: ``voxelmorphreg train`` (the loop; the data are in :mod:`.training_data`).
 
-Subjects come from a folder or a CSV (columns ``image`` and ``labels``; either may be empty).
-Each is brought onto the model grid of an atlas (``--atlas``) by the same preprocessing as
-``register`` (affine alignment to the atlas, resampling, intensity normalisation) and cached.
-Pairs are drawn at random between subjects; label-only subjects get a new synthetic image at
-every draw (SynthMorph style). Every step augments with a random smooth deformation and an
-intensity corruption.
+Each step draws a pair (see :mod:`.training_data` for the kinds of pair and their losses), runs
+the U-Net (bf16 autocast for the convolutions where the device supports it; fields, grids and
+losses in float32), integrates the velocity and takes, per kind of pair:
+
+- Dice over the brain structures of the warped one-hot labels, on the velocity's grid (half
+  the model grid: 8x cheaper, the field is smooth there) where both sides have labels;
+- LNCC between the warped and the fixed image only where both images are real;
+- the smoothness of the velocity always.
+
+The best checkpoint is chosen on the validation pairs (held-out label maps rendered with a
+T1-like intensity, skull-stripped and whole-head): the mean of both variants' Dice.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.distributed as dist
-from monai.data import DataLoader, IterableDataset
+import torch.nn.functional as F
+from monai.data import DataLoader
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import get_worker_info
 
-from ..checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..contract import BEST_CHECKPOINT, LAST_CHECKPOINT, TRAINING_LOG, TRAINING_LOG_COLUMNS, Resumed, Step, Validation, no_events
 from ..errors import VoxelMorphRegError
-from ..image.affine import affine_register
-from ..image.io import atomic_path, ensure_output_folder, read_labels, read_volume
-from ..image.preprocessing import grid_for, image_on_grid, labels_on_grid
+from ..freesurfer_labels import BRAIN_LABELS
+from ..image.io import ensure_output_folder
 from ..tensor.devices import select_device
+from ..tensor.integration import integrate_velocity
 from ..tensor.losses import ImageSimilarity, LabelDice, Smoothness, one_hot
-from ..tensor.synthesis import corrupt_intensity, image_from_labels, random_deformation
 from ..tensor.warping import resize_flow, warp, warp_labels
 from .label_metrics import dice_per_label
+from .training_data import PairRecipe, Subject, TrainingPairs, prepare_all, prepare_subject, skull_stripped, validation_pairs  # noqa: F401  (re-exported)
 from .training_sources import SubjectSource, sources_from  # noqa: F401  (re-exported)
 
-# FreeSurfer IDs of brain structures are kept; other labels of whole-head maps (skull, skin,
-# extra-cerebral CSF...) become background with --skull-strip-labels, to mimic skull-stripped images.
-NON_BRAIN_ASEG = {24}
-
-
-@dataclass
-class Subject:
-    name: str
-    image: np.ndarray | None  # [K, J, I] float32 on the model grid, None for label-only subjects
-    labels: np.ndarray | None  # [K, J, I] int32 on the model grid
+LOG_COLUMNS = list(TRAINING_LOG_COLUMNS)
 
 
 @dataclass
@@ -63,157 +55,81 @@ class TrainingOptions:
     smoothness: str = "gradient"
     smoothness_weight: float = 1.0
     dice_weight: float = 1.0
+    similarity_weight: float = 1.0
     augment_displacement_mm: float = 6.0
     validate_every: int = 100
-    checkpoint_every: int = 50
+    checkpoint_every: int = 100  # steps between last.pt writes (about a minute on a 2-core CPU)
     workers: int = 0  # DataLoader worker processes drawing and augmenting pairs
     seed: int = 0
     device: str = "auto"
     skull_strip_labels: bool = False
     eval_labels: list = field(default_factory=list)
+    synthetic_fraction: float = 0.7
+    whole_head_fraction: float = 0.5
+    t1_fraction: float = 0.5
+    precision: str = "auto"  # auto: bf16 convolutions where the device has fast bf16, else fp32
     command: str = ""
 
 
-def _pseudo_image(labels: sitk.Image) -> sitk.Image:
-    """A rough T1-like image from FreeSurfer labels, only used to align a label-only subject."""
-    array = sitk.GetArrayFromImage(labels)
-    image = np.zeros(array.shape, np.float32)
-    image[array > 0] = 0.3
-    image[np.isin(array, [3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58])] = 0.6  # grey matter
-    image[np.isin(array, [2, 41, 7, 46, 16, 28, 60])] = 1.0  # white matter, brainstem, ventral DC
-    image[np.isin(array, [4, 43, 5, 44, 14, 15, 24])] = 0.1  # CSF
-    out = sitk.GetImageFromArray(image)
-    out.CopyInformation(labels)
-    return out
+def bf16_is_fast(device: torch.device) -> bool:
+    """CUDA with bf16, or a CPU whose oneDNN has bf16 kernels (AVX-512 BF16 / AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
-def prepare_subject(source: SubjectSource, atlas: sitk.Image, config: ModelConfig, cache: Path | None, skull_strip: bool, align: bool = True, log=print) -> Subject:
-    """Load, align to the atlas and bring one subject onto the model grid (cached on disk)."""
-    files = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) if path and os.path.exists(path) else path for path in (source.image, source.labels)]
-    atlas_geometry = [atlas.GetSize(), atlas.GetOrigin(), atlas.GetSpacing(), atlas.GetDirection(), float(sitk.GetArrayViewFromImage(atlas).sum())]
-    key_data = [files, config.spacing, config.orientation, config.intensity, config.encoder_features, skull_strip, align, atlas_geometry]
-    key = hashlib.sha1(json.dumps(key_data, default=str).encode()).hexdigest()[:16]
-    cached = cache / f"{source.name}-{key}.npz" if cache else None
-    if cached and cached.exists():
-        data = np.load(cached)
-        return Subject(source.name, data["image"] if "image" in data else None, data["labels"] if "labels" in data else None)
-    started = time.perf_counter()
-    image = read_volume(source.image) if source.image else None
-    labels = read_labels(source.labels, reference=image) if source.labels else None
-    if labels is not None and skull_strip:
-        array = sitk.GetArrayFromImage(labels)
-        array[(array >= 100) & ((array < 251) | (array > 255))] = 0
-        array[np.isin(array, list(NON_BRAIN_ASEG))] = 0
-        stripped = sitk.GetImageFromArray(array)
-        stripped.CopyInformation(labels)
-        labels = stripped
-    guide = image if image is not None else _pseudo_image(labels)
-    transform = affine_register(atlas, guide) if align else None
-    grid = grid_for(atlas, config)
-    payload = {}
-    if image is not None:
-        payload["image"] = image_on_grid(image, grid, transform, config)
-    if labels is not None:
-        payload["labels"] = labels_on_grid(labels, grid, transform)
-    if cached:
-        cache.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cached) as temporary:  # several processes may prepare the same subject
-            with open(temporary, "wb") as handle:
-                np.savez_compressed(handle, **payload)
-    log(f"prepared {source.name} in {time.perf_counter() - started:.1f} s")
-    return Subject(source.name, payload.get("image"), payload.get("labels"))
+def _precision(options: TrainingOptions, device: torch.device) -> bool:
+    if options.precision not in ("auto", "bf16", "fp32"):
+        raise VoxelMorphRegError(f"--precision must be auto, bf16 or fp32, got {options.precision!r}")
+    return options.precision == "bf16" or (options.precision == "auto" and bf16_is_fast(device))
 
 
-class RandomPairs(IterableDataset):
-    """Endless random (moving, fixed) pairs of distinct subjects, augmented on the fly.
-
-    A MONAI iterable dataset: under a ``DataLoader`` with worker processes each worker draws
-    its own stream (seeded by ``seed``, the worker id and the distributed rank), so synthesis
-    and augmentation run in parallel with the training step. Items are CPU tensors
-    ``[1, 1, K, J, I]``; labels are ``None`` for unlabelled subjects.
-    """
-
-    def __init__(self, subjects: list[Subject], augment_voxels: float, seed: int, augment: bool = True, atlas: Subject | None = None):
-        super().__init__(data=subjects)
-        if len(subjects) < (1 if atlas is not None else 2):
-            raise VoxelMorphRegError("training needs at least two subjects (or one and --pairs to-atlas)")
-        self.subjects = subjects
-        self.augment_voxels = augment_voxels
-        self.seed = seed
-        self.augment = augment
-        self.atlas = atlas  # every pair registers a subject to this one (kept as it is) when given
-
-    def draw(self, subject: Subject, generator: torch.Generator, augment: bool | None = None):
-        augment = self.augment if augment is None else augment
-        labels = None if subject.labels is None else torch.from_numpy(np.ascontiguousarray(subject.labels))[None, None]
-        if subject.image is None:
-            image = image_from_labels(labels, generator=generator)
-        else:
-            image = torch.from_numpy(np.ascontiguousarray(subject.image))[None, None]
-            if augment:
-                image = corrupt_intensity(image, generator=generator)
-        if augment and self.augment_voxels > 0:
-            # drawn and integrated on a half-resolution grid (it is smooth), then upsampled
-            shape = image.shape[2:]
-            half = [max(2, n // 2) for n in shape]
-            flow, _ = random_deformation(half, self.augment_voxels / 2, control_spacing=8.0, generator=generator)
-            flow = resize_flow(flow, shape)
-            image = warp(image, flow)
-            if labels is not None:
-                labels = warp(labels.float(), flow, mode="nearest").long()
-        return image, labels
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        if info is not None:
-            torch.set_num_threads(1)
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        generator = torch.Generator().manual_seed(self.seed + 1000 * worker + 100_000 * rank)
-        while True:
-            if self.atlas is not None:
-                a = int(torch.randint(len(self.subjects), (1,), generator=generator))
-                moving, moving_labels = self.draw(self.subjects[a], generator)
-                fixed, fixed_labels = self.draw(self.atlas, generator, augment=False)
-            else:
-                a, b = torch.randperm(len(self.subjects), generator=generator)[:2].tolist()
-                moving, moving_labels = self.draw(self.subjects[a], generator)
-                fixed, fixed_labels = self.draw(self.subjects[b], generator)
-            yield {"moving": moving, "fixed": fixed, "moving_labels": moving_labels, "fixed_labels": fixed_labels}
-
-
-def validation_pairs(subjects: list[Subject], seed: int) -> list[tuple]:
-    """Every ordered pair of labelled validation subjects; label-only ones get one fixed synthetic image."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    prepared = []
-    for subject in subjects:
-        if subject.labels is None:
-            continue
-        labels = torch.from_numpy(subject.labels)[None, None]
-        image = torch.from_numpy(subject.image)[None, None] if subject.image is not None else image_from_labels(labels, generator=generator)
-        prepared.append((subject.name, image, labels))
-    return [(m, f) for m in prepared for f in prepared if m[0] != f[0]]
+def brain_dice_labels(eval_labels) -> list[int]:
+    """Labels the Dice is taken over: the brain structures (those of ``eval_labels`` when given)."""
+    brain = [int(v) for v in eval_labels if int(v) in BRAIN_LABELS] if eval_labels else []
+    return brain or list(BRAIN_LABELS)
 
 
 @torch.no_grad()
-def validate(network, pairs, device, eval_labels) -> float:
+def validate(network, pairs, device, eval_labels) -> dict:
+    """Mean Dice per validation variant (``skull-stripped``, ``whole-head``) and their mean (``all``)."""
     network.eval()
-    scores = []
-    for (_, m_img, m_lab), (_, f_img, f_lab) in pairs:
+    scores: dict = {}
+    restrict = brain_dice_labels(eval_labels)
+    for pair in pairs:
+        (_, m_img, m_lab), (_, f_img, f_lab) = pair["moving"], pair["fixed"]
         output = network(m_img.to(device), f_img.to(device))
         warped = warp_labels(m_lab.to(device), output.flow).cpu().numpy()[0, 0]
-        dice = dice_per_label(warped, f_lab.numpy()[0, 0], eval_labels or None)
+        dice = dice_per_label(warped, f_lab.numpy()[0, 0], restrict)
         if dice:
-            scores.append(float(np.mean(list(dice.values()))))
+            scores.setdefault(pair["variant"], []).append(float(np.mean(list(dice.values()))))
     network.train()
-    return float(np.mean(scores)) if scores else float("nan")
+    result = {variant: float(np.mean(values)) for variant, values in scores.items()}
+    result["all"] = float(np.mean(list(result.values()))) if result else float("nan")
+    return result
 
 
-def _shared_labels(a: torch.Tensor, b: torch.Tensor, restrict=None) -> torch.Tensor:
+def _shared_labels(a: torch.Tensor, b: torch.Tensor, restrict) -> torch.Tensor:
     common = np.intersect1d(torch.unique(a).cpu().numpy(), torch.unique(b).cpu().numpy())
-    if restrict:
-        common = np.intersect1d(common, np.asarray(restrict))
+    common = np.intersect1d(common, np.asarray(restrict))
     return torch.from_numpy(common[common != 0])
+
+
+def label_dice_on_grid(moving_labels, fixed_labels, flow, values, dice_loss) -> torch.Tensor:
+    """Soft Dice loss of the moving labels warped by ``flow`` (voxel units of its own grid).
+
+    The one-hot maps are resampled onto the flow's grid (trilinear, corners aligned as in
+    :func:`resize_flow`), so that on a coarser grid than the labels' the loss costs less.
+    """
+    shape = tuple(flow.shape[2:])
+    moving_one_hot, fixed_one_hot = one_hot(moving_labels, values), one_hot(fixed_labels, values)
+    if tuple(moving_one_hot.shape[2:]) != shape:
+        moving_one_hot = F.interpolate(moving_one_hot, size=shape, mode="trilinear", align_corners=True)
+        fixed_one_hot = F.interpolate(fixed_one_hot, size=shape, mode="trilinear", align_corners=True)
+    return dice_loss(warp(moving_one_hot, flow), fixed_one_hot)
 
 
 def _as_is(item):
@@ -254,30 +170,39 @@ class _Distributed:
             dist.destroy_process_group()
 
 
-def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects: list[Subject], config: ModelConfig, log=print, should_stop=lambda: False, init: str | None = None, atlas: Subject | None = None) -> dict:
+def train(options: TrainingOptions, train_subjects: list, val_subjects: list, config, log=print, should_stop=lambda: False, init: str | None = None, atlas=None, events=no_events) -> dict:
     """Run (or resume) training; return a summary. Checkpoints: ``last.pt`` and ``best.pt`` in ``out``.
 
     Under ``torchrun --nproc_per_node=N`` every process trains on its own random pairs and
     DistributedDataParallel averages the gradients; only rank 0 validates, logs and writes.
     With ``atlas`` (a prepared subject), every pair registers a training subject to it.
+    ``events`` receives the contract's ``Resumed``, ``Step`` (every 10 steps) and ``Validation``
+    events on rank 0 (the front ends' progress).
     """
     out = ensure_output_folder(options.out)
     ranks = _Distributed(options.device)
     device = ranks.device
     if not ranks.main:
         log = lambda message: None  # noqa: E731
+    bf16 = _precision(options, device)
     torch.manual_seed(options.seed)
     network = config.build().to(device)
+    if device.type == "cpu":
+        network = network.to(memory_format=torch.channels_last_3d)  # faster oneDNN convolutions
     optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, options.steps), eta_min=options.learning_rate * 0.02)
     similarity = ImageSimilarity(options.similarity, options.lncc_window).to(device)
     smoothness = Smoothness(options.smoothness).to(device)
     dice_loss = LabelDice()
+    dice_labels = brain_dice_labels(options.eval_labels)
     start_step, best = 0, -math.inf
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    last_path, best_path = out / LAST_CHECKPOINT, out / BEST_CHECKPOINT
     if last_path.exists():
         _, _, payload = load_checkpoint(last_path, device)
-        network.load_state_dict(payload["state_dict"])
+        try:
+            network.load_state_dict(payload["state_dict"])
+        except RuntimeError:
+            raise VoxelMorphRegError(f"{last_path}: its network does not match this run's architecture; resume with the options it was started with, or use another --out") from None
         if "optimiser" in payload:
             optimiser.load_state_dict(payload["optimiser"])
             scheduler.load_state_dict(payload["scheduler"])
@@ -285,25 +210,37 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
         config.training = dict(payload["config"].get("training", {}))
         best = float(payload.get("best_dice", -math.inf))
         log(f"resuming from {last_path} at step {start_step} (best validation Dice so far {best:.4f})")
+        if ranks.main:
+            events(Resumed(start_step, str(last_path), best if math.isfinite(best) else None))
     elif init:
         initial, _, _ = load_checkpoint(init, device)
         network.load_state_dict(initial.state_dict())
         log(f"starting from the weights of {init}")
     velocity_net = ranks.wrap(network.unet)  # the only part with parameters
     mean_spacing = float(np.mean(config.spacing))
-    pairs = RandomPairs(train_subjects, options.augment_displacement_mm / mean_spacing, options.seed + 7919 * start_step, atlas=atlas)
+    recipe = PairRecipe(
+        augment_voxels=options.augment_displacement_mm / mean_spacing,
+        synthetic_fraction=options.synthetic_fraction,
+        whole_head_fraction=0.0 if options.skull_strip_labels else options.whole_head_fraction,
+        t1_fraction=options.t1_fraction,
+    )
+    pairs = TrainingPairs(train_subjects, recipe, options.seed + 7919 * start_step, atlas=atlas)
     loader = DataLoader(pairs, batch_size=None, collate_fn=_as_is, num_workers=options.workers, persistent_workers=options.workers > 0)
     batches = iter(loader)
-    val = validation_pairs(val_subjects, options.seed) if ranks.main else []
-    use_amp = device.type == "cuda"
+    val = validation_pairs(val_subjects, options.seed, recipe) if ranks.main else []
     writer = board = log_file = None
     if ranks.main:
-        log_path = out / "log.csv"
+        log_path = out / TRAINING_LOG
         new_log = not log_path.exists()
+        if not new_log:
+            with log_path.open(newline="") as handle:
+                header = next(csv.reader(handle), [])
+            if header != LOG_COLUMNS:
+                raise VoxelMorphRegError(f"{log_path}: written by another version of the training (columns differ); use another --out")
         log_file = log_path.open("a", newline="")
         writer = csv.writer(log_file)
         if new_log:
-            writer.writerow(["step", "loss", "similarity", "smoothness", "dice_loss", "learning_rate", "seconds_per_step", "validation_dice"])
+            writer.writerow(LOG_COLUMNS)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -312,12 +249,14 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
             board = None
     if ranks.enabled:
         log(f"distributed training: {ranks.world} processes, backend {dist.get_backend()}")
+    log(f"training on {device.type.upper()}, convolutions in {'bf16' if bf16 else 'fp32'}; {len(val)} validation pairs")
     network.train()
     started = time.perf_counter()
     window_start, window_steps = started, 0
     provenance = dict(config.training)
     provenance["wall_seconds_before_resume"] = float(provenance.get("wall_seconds", 0.0))
     provenance["processes"] = ranks.world
+    provenance["precision"] = "bf16" if bf16 else "fp32"
     step = start_step
     save = ranks.main
     try:
@@ -327,23 +266,28 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
                 step -= 1
                 break
             batch = next(batches)
+            kind = batch.get("kind", "real")
             moving, fixed = batch["moving"].to(device), batch["fixed"].to(device)
             moving_labels = None if batch["moving_labels"] is None else batch["moving_labels"].to(device)
             fixed_labels = None if batch["fixed_labels"] is None else batch["fixed_labels"].to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            if device.type == "cpu":
+                moving, fixed = moving.contiguous(memory_format=torch.channels_last_3d), fixed.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 velocity = velocity_net(moving, fixed)
-            velocity = velocity.float()  # fields and sampling grids stay float32
-            flow = network.flow_from_velocity(velocity, moving.shape[2:])
-            warped = warp(moving, flow)
-            sim = similarity(warped, fixed)
+            velocity = velocity.float().contiguous()  # fields and sampling grids stay float32
+            coarse_flow = integrate_velocity(velocity, network.integration_steps)
             smooth = smoothness(velocity)
-            loss = sim + options.smoothness_weight * smooth
+            loss = options.smoothness_weight * smooth
+            sim = torch.zeros((), device=device)
+            if kind == "real" and options.similarity_weight > 0:  # both images real: their similarity means something
+                flow = resize_flow(coarse_flow, moving.shape[2:])
+                sim = similarity(warp(moving, flow), fixed)
+                loss = loss + options.similarity_weight * sim
             dice_value = torch.zeros((), device=device)
             if options.dice_weight > 0 and moving_labels is not None and fixed_labels is not None:
-                values = _shared_labels(moving_labels, fixed_labels, options.eval_labels)
+                values = _shared_labels(moving_labels, fixed_labels, dice_labels)
                 if values.numel():
-                    warped_one_hot = warp(one_hot(moving_labels, values), flow)
-                    dice_value = dice_loss(warped_one_hot, one_hot(fixed_labels, values))
+                    dice_value = label_dice_on_grid(moving_labels, fixed_labels, coarse_flow, values, dice_loss)
                     loss = loss + options.dice_weight * dice_value
             if not torch.isfinite(loss):
                 raise VoxelMorphRegError(f"training diverged at step {step} (loss is {loss.item()}); lower --learning-rate")
@@ -355,26 +299,36 @@ def train(options: TrainingOptions, train_subjects: list[Subject], val_subjects:
                 continue
             window_steps += 1
             rate = (time.perf_counter() - window_start) / window_steps
-            val_dice = ""
+            if window_steps >= 200:  # seconds per step over the recent steps, not since the start
+                window_start, window_steps = time.perf_counter(), 0
+            scores = {}
             if val and (step % options.validate_every == 0 or step == options.steps):
-                val_dice = validate(network, val, device, options.eval_labels)
+                scores = validate(network, val, device, options.eval_labels)
                 if board:
-                    board.add_scalar("validation/dice", val_dice, step)
-                if val_dice > best:
-                    best = val_dice
-                    provenance.update({"best_step": step, "best_validation_dice": round(best, 4)})
+                    for name, value in scores.items():
+                        board.add_scalar(f"validation/dice_{name}", value, step)
+                if scores["all"] > best:
+                    best = scores["all"]
+                    provenance.update({"best_step": step, "best_validation_dice": round(best, 4), "best_validation": {k: round(v, 4) for k, v in scores.items()}})
                     config.training = _provenance(provenance, step, options, started)
                     save_checkpoint(best_path, network, config)
-            writer.writerow([step, f"{loss.item():.5f}", f"{sim.item():.5f}", f"{smooth.item():.5f}", f"{dice_value.item():.5f}", f"{scheduler.get_last_lr()[0]:.3g}", f"{rate:.3f}", "" if val_dice == "" else f"{val_dice:.4f}"])
+            fmt = lambda key: "" if key not in scores else f"{scores[key]:.4f}"  # noqa: E731
+            writer.writerow([step, kind, f"{loss.item():.5f}", f"{sim.item():.5f}", f"{smooth.item():.5f}", f"{dice_value.item():.5f}", f"{scheduler.get_last_lr()[0]:.3g}", f"{rate:.3f}", fmt("all"), fmt("skull-stripped"), fmt("whole-head")])
             if board:
                 board.add_scalar("loss/total", loss.item(), step)
-                board.add_scalar("loss/similarity", sim.item(), step)
+                board.add_scalar(f"loss/similarity_{kind}", sim.item(), step)
                 board.add_scalar("loss/smoothness", smooth.item(), step)
                 board.add_scalar("loss/dice", dice_value.item(), step)
-            if step % 10 == 0 or val_dice != "" or step == options.steps:
+            if scores:
+                events(Validation(step, scores["all"], best, improved=best == scores["all"], variants={k: v for k, v in scores.items() if k != "all"}))
+            if step % 10 == 0 or scores or step == options.steps:
                 log_file.flush()
                 eta = rate * (options.steps - step)
-                extra = f" val_dice={val_dice:.4f} (best {best:.4f})" if val_dice != "" else ""
+                extra = ""
+                if scores:
+                    parts = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "all")
+                    extra = f" val_dice={scores['all']:.4f} ({parts}; best {best:.4f})"
+                events(Step(step, options.steps, loss.item(), sim.item(), smooth.item(), dice_value.item(), scheduler.get_last_lr()[0], rate, eta))
                 log(f"step {step}/{options.steps} loss={loss.item():.4f} sim={sim.item():.4f} smooth={smooth.item():.4f} dice={dice_value.item():.4f} {rate:.2f} s/step eta {eta / 60:.0f} min{extra}")
             if step % options.checkpoint_every == 0 or step == options.steps:
                 _save_last(last_path, network, optimiser, scheduler, config, provenance, step, best, options, started)
@@ -413,12 +367,3 @@ def _hardware(device: str) -> str:
     if torch.cuda.is_available() and device != "cpu":
         return torch.cuda.get_device_name(0)
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def prepare_all(sources, atlas_path, config, cache, skull_strip, align=True, log=print) -> list[Subject]:
-    atlas = read_volume(atlas_path)
-    return [prepare_subject(s, atlas, config, cache, skull_strip, align, log) for s in sources]
-
-
-def main_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
