@@ -25,11 +25,11 @@ from slicer.ScriptedLoadableModule import (
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 from slicer import (
+    vtkMRMLGridTransformNode,
     vtkMRMLLabelMapVolumeNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
     vtkMRMLTableNode,
-    vtkMRMLTransformNode,
 )
 
 try:
@@ -93,7 +93,8 @@ class VoxelMorphRegParameterNode:
     """What the panel shows, saved with the scene.
 
     model: "bundled", "none" or a checkpoint file path; userModels: checkpoint files the user added.
-    integrationSteps: 0 means the model's own setting; refineSmoothness below 0 too. fade: foreground (warped) opacity.
+    refineIterations, refineSmoothness, refineLearningRate, integrationSteps: None means the
+    model's own setting (the "model default" boxes). fade: foreground (warped) opacity.
     train*: the Train panel's settings (see VoxelMorphRegLogic.train).
     """
 
@@ -105,13 +106,14 @@ class VoxelMorphRegParameterNode:
     userModels: list[str]
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     affine: bool = True
-    refineIterations: Annotated[int, WithinRange(-1, 2000)] = -1  # -1: the model's own default
-    integrationSteps: Annotated[int, WithinRange(0, 20)] = 0
-    refineSmoothness: Annotated[float, WithinRange(-0.05, 100.0)] = -0.05  # below 0: the model's own default
+    refineIterations: Optional[int] = None
+    integrationSteps: Optional[int] = None
+    refineSmoothness: Optional[float] = None
+    refineLearningRate: Optional[float] = None
     outputVolume: vtkMRMLScalarVolumeNode
-    outputTransform: vtkMRMLTransformNode
+    outputTransform: vtkMRMLGridTransformNode
     inverseTransform: bool = False
-    outputInverseTransform: vtkMRMLTransformNode
+    outputInverseTransform: vtkMRMLGridTransformNode
     outputSegmentation: vtkMRMLSegmentationNode
     jacobian: bool = True
     outputJacobian: vtkMRMLScalarVolumeNode
@@ -131,23 +133,58 @@ class VoxelMorphRegParameterNode:
     trainFineTune: bool = False
 
 
+# Settings that are None unless the user unticks their "model default" box: parameter, spin box, check box.
+OPTIONAL_SETTINGS = (
+    ("refineIterations", "refineIterationsSpinBox", "refineIterationsDefaultCheckBox"),
+    ("integrationSteps", "integrationStepsSpinBox", "integrationStepsDefaultCheckBox"),
+    ("refineSmoothness", "refineSmoothnessSpinBox", "refineSmoothnessDefaultCheckBox"),
+    ("refineLearningRate", "refineLearningRateSpinBox", "refineLearningRateDefaultCheckBox"),
+)
+
+
+def connectParametersToWidgets(parameterNode, ui):
+    """Connect the widgets that name a parameter (``SlicerParameterName``) and return the tag that disconnects them.
+
+    ``parameterNode.connectGui(ui)`` would do the same, but before Slicer 5.10 it returns None
+    (Slicer issue 7547), so ``disconnectGui`` could never remove its connectors: they piled up at
+    every ``enter()``, and each new combo-box connector reset its combo box. The mapping built here
+    is the one ``connectGui`` builds; ``connectParametersToGui`` returns the tag in every version.
+    """
+    mapping = {}
+    for widget in ui.__dict__.values():
+        name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+        if name:
+            mapping[str(name)] = widget
+    return parameterNode.connectParametersToGui(mapping)
+
+
 #
 # VoxelMorphRegWidget
 #
 
 
 class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: the parameter node, dependencies, the device check; the two panels do the rest."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._runner = None
         self._deviceProbe = None
-        self._lastResult = None
-        self._updatingModels = False
-        self._trainRunner = None
+        self._installing = False
+        self.registerPanel = None
+        self.trainPanel = None
+
+    # The runners live in the panels; these are for the console and the tests.
+    @property
+    def _runner(self):
+        return self.registerPanel.runner if self.registerPanel else None
+
+    @property
+    def _trainRunner(self):
+        return self.trainPanel.runner if self.trainPanel else None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -158,137 +195,116 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = VoxelMorphRegLogic()
+        self.registerPanel = VoxelMorphRegRegisterPanel(self)
+        self.trainPanel = VoxelMorphRegTrainPanel(self)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
 
-        self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
-        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
-        self.ui.fadeSlider.connect("valueChanged(double)", self.onFadeChanged)
-        self.ui.progressBar.setVisible(False)
-
-        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
-        self.ui.trainFromSceneRadioButton.connect("toggled(bool)", self.updateTrainGUI)
-        self.ui.trainDataFolderButton.connect("clicked(bool)", lambda: self.chooseFolder(self.ui.trainDataPathLineEdit))
-        self.ui.trainValidationFolderButton.connect("clicked(bool)", lambda: self.chooseFolder(self.ui.trainValidationPathLineEdit))
-        self.ui.trainVolumesSelector.connect("checkedNodesChanged()", self.updateTrainGUI)
-        self.ui.trainDataPathLineEdit.connect("currentPathChanged(QString)", self.updateTrainGUI)
-        self.ui.trainProgressBar.setVisible(False)
-        # Polls the training process (progress lines, log.csv rows for the plot, end of run).
-        self._trainTimer = qt.QTimer()
-        self._trainTimer.setInterval(500)
-        self._trainTimer.connect("timeout()", self.onTrainTimer)
-
-        # Polls the engine process (progress lines, end of run) without blocking the GUI.
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(200)
-        self._pollTimer.connect("timeout()", self.onPollTimer)
+        # Polls the device probe without blocking the GUI.
+        self._probeTimer = qt.QTimer()
+        self._probeTimer.setInterval(200)
+        self._probeTimer.connect("timeout()", self.onProbeTimer)
 
         self.initializeParameterNode()
-        self.updateTrainGUI()
+        self.trainPanel.updateGUI()
         self.startDeviceProbe()
 
     def cleanup(self) -> None:
-        if self._runner is not None and self._runner.running:
-            self._runner.cancel()
+        if self.registerPanel is not None:
+            self.registerPanel.cleanup()
+        if self.trainPanel is not None:
+            self.trainPanel.cleanup()
         if self._deviceProbe is not None:
             self._deviceProbe.cancel()
-        if self._trainRunner is not None and self._trainRunner.running:
-            # The engine runs in its own session: it would outlive the application. Give it a
-            # moment to save last.pt, then kill it.
-            self._trainRunner.stop(wait=True, timeout=15)
-        self._pollTimer.stop()
-        self._trainTimer.stop()
+        self._probeTimer.stop()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._runner is not None and self._runner.running:
-            self._runner.cancel()
+        if self.registerPanel is not None:
+            self.registerPanel.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node) -> None:
+        """A volume loaded into a scene where no fixed or moving volume is chosen yet becomes that one (fixed first)."""
+        p = self._parameterNode
+        if p is None or node is None or not isScalarVolume(node):
+            return
+        if not p.fixedVolume:
+            p.fixedVolume = node
+        elif not p.movingVolume and node is not p.fixedVolume:
+            p.movingVolume = node
+
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.fixedVolume:
-            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
-            if volumes:
-                self._parameterNode.fixedVolume = volumes[0]
-                if len(volumes) > 1 and not self._parameterNode.movingVolume:
-                    self._parameterNode.movingVolume = volumes[1]
+        p = self._parameterNode
+        volumes = [v for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if isScalarVolume(v)]
+        if not p.fixedVolume and volumes:
+            p.fixedVolume = volumes[0]
+        if not p.movingVolume:
+            others = [v for v in volumes if v is not p.fixedVolume]
+            if others:
+                p.movingVolume = others[0]
 
     def setParameterNode(self, inputParameterNode: Optional[VoxelMorphRegParameterNode]) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+                self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = connectParametersToWidgets(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-            self.updateModelList()
+            self.registerPanel.updateModelList()
             self.updateGUIFromParameterNode()
 
-    # -- model list ------------------------------------------------------------------------------
-
-    def updateModelList(self) -> None:
-        """Fill the model combo box: bundled model(s), user-added checkpoints, no model."""
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         if not self._parameterNode:
             return
-        self._updatingModels = True
+        self.registerPanel.updateGUI()
+        self.trainPanel.updateGUI()
+
+    # -- dependencies ----------------------------------------------------------------------------
+
+    @property
+    def installing(self) -> bool:
+        return self._installing
+
+    def ensureDependencies(self, purpose: str) -> bool:
+        """Install PyTorch and MONAI if needed, with Register and Train disabled meanwhile; ``False`` if declined.
+
+        Raises what the installation raises (``VoxelMorphRegError`` with what to do)."""
+        if self._installing:
+            return False
+        missingTorch = "torch" in self.logic.missingDependencies()
+        self._installing = True
+        self.updateGUIFromParameterNode()
+        slicer.app.processEvents()
         try:
-            combo = self.ui.modelComboBox
-            combo.clear()
-            for label, value, tip in self.logic.modelChoices(self._parameterNode.userModels):
-                combo.addItem(label, value)
-                combo.setItemData(combo.count - 1, tip, qt.Qt.ToolTipRole)
-            index = combo.findData(self._parameterNode.model)
-            combo.currentIndex = index if index >= 0 else 0
-            if index < 0:  # e.g. a scene saved with a checkpoint that is no longer listed
-                self._parameterNode.model = combo.itemData(combo.currentIndex)
+            installed = self.logic.installDependencies(askConfirmation=True)
         finally:
-            self._updatingModels = False
-
-    def onModelSelected(self, index) -> None:
-        if self._updatingModels or not self._parameterNode or index < 0:
-            return
-        self._parameterNode.model = self.ui.modelComboBox.itemData(index)
-
-    def onAddModel(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(self.parent, _("Add a VoxelMorphReg model"), str(Path.home()), _("Model checkpoint (*.pt *.pth);;All files (*)"))
-        if not path:
-            return
-        models = list(self._parameterNode.userModels)
-        if path not in models:
-            models.append(path)
-            self._parameterNode.userModels = models
-        self._parameterNode.model = path
-        self.updateModelList()
-
-    def addTrainedModel(self, path, select: bool = True) -> None:
-        """Offer a checkpoint in the model list (and select it)."""
-        if not self._parameterNode:
-            return
-        path = str(path)
-        models = list(self._parameterNode.userModels)
-        if path not in models:
-            models.append(path)
-            self._parameterNode.userModels = models
-        if select:
-            self._parameterNode.model = path
-        self.updateModelList()
+            self._installing = False
+            self.updateGUIFromParameterNode()
+        if installed and missingTorch:
+            self.startDeviceProbe()  # torch is there now: say which devices it sees
+        if not installed:
+            message = _("{purpose} needs PyTorch and MONAI; installation was declined.").format(purpose=purpose)
+            (self.ui.statusLabel if purpose == _("Registration") else self.ui.trainStatusLabel).text = message
+        return installed
 
     # -- device check ----------------------------------------------------------------------------
 
@@ -296,6 +312,9 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Ask a separate Python process which devices torch sees (never imports torch here)."""
         from VoxelMorphRegLib.mrml.environment import DeviceProbe, missing_packages
 
+        if self._deviceProbe is not None:
+            self._deviceProbe.cancel()
+            self._deviceProbe = None
         if missing_packages(["torch"]):
             self.ui.deviceStatusLabel.text = _("PyTorch not installed yet (installed on first Register)")
             return
@@ -306,24 +325,159 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._deviceProbe = None
             return
         self.ui.deviceStatusLabel.text = _("checking...")
-        self._pollTimer.start()
+        self._probeTimer.start()
 
-    def _pollDeviceProbe(self) -> None:
+    def onProbeTimer(self) -> None:
         if self._deviceProbe is None:
+            self._probeTimer.stop()
             return
         info = self._deviceProbe.poll()
         if info is not None:
             self.ui.deviceStatusLabel.text = info.summary()
             self.ui.deviceStatusLabel.toolTip = f"torch {info.torch or '-'}, monai {info.monai or '-'}" + (f"\n{info.error}" if info.error else "")
             self._deviceProbe = None
+            self._probeTimer.stop()
+
+    # -- model list (the Register panel's; training adds to it) --------------------------------
+
+    def addTrainedModel(self, path, select: bool = True) -> None:
+        self.registerPanel.addModel(path, select)
+
+    def reportStartFailure(self, template: str, statusLabel, exc: Exception) -> None:
+        """Show why a run could not start: the engine's one-line message, or the details of anything unexpected."""
+        from VoxelMorphRegLib.errors import VoxelMorphRegError
+
+        statusLabel.text = _("Error: {message}").format(message=exc)
+        if isinstance(exc, VoxelMorphRegError):
+            slicer.util.errorDisplay(template.format(message=exc))
+        else:
+            logging.exception("VoxelMorphReg: a run could not start")
+            slicer.util.errorDisplay(template.format(message=exc), detailedText=str(exc))
+
+
+def isScalarVolume(node) -> bool:
+    return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+
+
+class VoxelMorphRegRegisterPanel:
+    """The Register panel: inputs, settings, outputs, Register/Cancel, progress, fade."""
+
+    def __init__(self, widget) -> None:
+        self.widget = widget
+        self.ui = widget.ui
+        self.logic = widget.logic
+        self.runner = None
+        self.lastResult = None
+        self._updatingModels = False
+        self._updatingOptional = False
+
+        self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
+        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.fadeSlider.connect("valueChanged(double)", self.onFadeChanged)
+        self.ui.progressBar.setVisible(False)
+        for name, spinBoxName, checkBoxName in OPTIONAL_SETTINGS:
+            getattr(self.ui, checkBoxName).connect("toggled(bool)", lambda checked, name=name: self.onOptionalSettingChanged(name))
+            getattr(self.ui, spinBoxName).connect("valueChanged(double)" if "Smoothness" in name or "LearningRate" in name else "valueChanged(int)",
+                                                  lambda value, name=name: self.onOptionalSettingChanged(name))
+        # Polls the engine process (progress, end of run) without blocking the GUI.
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(200)
+        self._pollTimer.connect("timeout()", self.onPollTimer)
+
+    @property
+    def parameterNode(self):
+        return self.widget._parameterNode
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None and self.runner.running
+
+    def cleanup(self) -> None:
+        self.cancel()
+        self._pollTimer.stop()
+
+    def cancel(self) -> None:
+        if self.running:
+            self.runner.cancel()
+
+    # -- "model default" settings: None unless the box is unticked -------------------------------
+
+    def onOptionalSettingChanged(self, name) -> None:
+        p = self.parameterNode
+        if p is None or self._updatingOptional:
+            return
+        _, spinBoxName, checkBoxName = next(s for s in OPTIONAL_SETTINGS if s[0] == name)
+        spinBox = getattr(self.ui, spinBoxName)
+        value = None if getattr(self.ui, checkBoxName).checked else spinBox.value
+        setattr(p, name, None if value is None else (int(value) if isinstance(spinBox.value, int) else float(value)))
+
+    def _showOptionalSettings(self, p) -> None:
+        self._updatingOptional = True
+        try:
+            for name, spinBoxName, checkBoxName in OPTIONAL_SETTINGS:
+                value = getattr(p, name)
+                getattr(self.ui, checkBoxName).checked = value is None
+                spinBox = getattr(self.ui, spinBoxName)
+                spinBox.enabled = value is not None
+                if value is not None:
+                    spinBox.value = value
+        finally:
+            self._updatingOptional = False
+
+    # -- model list ------------------------------------------------------------------------------
+
+    def updateModelList(self) -> None:
+        """Fill the model combo box: bundled model(s), user-added checkpoints, no model."""
+        p = self.parameterNode
+        if not p:
+            return
+        self._updatingModels = True
+        try:
+            combo = self.ui.modelComboBox
+            combo.clear()
+            for label, value, tip in self.logic.modelChoices(p.userModels):
+                combo.addItem(label, value)
+                combo.setItemData(combo.count - 1, tip, qt.Qt.ToolTipRole)
+            index = combo.findData(p.model)
+            combo.currentIndex = index if index >= 0 else 0
+            if index < 0:  # e.g. a scene saved with a checkpoint that is no longer listed
+                p.model = combo.itemData(combo.currentIndex)
+        finally:
+            self._updatingModels = False
+
+    def onModelSelected(self, index) -> None:
+        if self._updatingModels or not self.parameterNode or index < 0:
+            return
+        self.parameterNode.model = self.ui.modelComboBox.itemData(index)
+
+    def onAddModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.widget.parent, _("Add a VoxelMorphReg model"), str(Path.home()), _("Model checkpoint (*.pt *.pth);;All files (*)"))
+        if path:
+            self.addModel(path, select=True)
+
+    def addModel(self, path, select: bool = True) -> None:
+        """Offer a checkpoint in the model list (and select it)."""
+        p = self.parameterNode
+        if not p:
+            return
+        path = str(path)
+        models = list(p.userModels)
+        if path not in models:
+            models.append(path)
+            p.userModels = models
+        if select:
+            p.model = path
+        self.updateModelList()
 
     # -- GUI state -------------------------------------------------------------------------------
 
-    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
-        p = self._parameterNode
+    def updateGUI(self) -> None:
+        p = self.parameterNode
         if not p:
             return
-        running = self._runner is not None and self._runner.running
+        running = self.running
+        self._showOptionalSettings(p)
         self.ui.outputInverseTransformSelector.enabled = p.inverseTransform
         self.ui.outputJacobianSelector.enabled = p.jacobian
         self.ui.outputTableSelector.enabled = p.table
@@ -334,12 +488,20 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.registerButton.text = _("Cancel")
             self.ui.registerButton.toolTip = _("Stop the registration; the scene is left as it was.")
             self.ui.registerButton.enabled = True
+        elif self.widget.installing:
+            self.ui.registerButton.text = _("Register")
+            self.ui.registerButton.enabled = False
+            self.ui.registerButton.toolTip = _("Installing PyTorch and MONAI...")
         else:
             self.ui.registerButton.text = _("Register")
-            canRun = bool(p.fixedVolume and p.movingVolume)
+            canRun = bool(p.fixedVolume and p.movingVolume) and p.fixedVolume is not p.movingVolume
             self.ui.registerButton.enabled = canRun
-            self.ui.registerButton.toolTip = _("Register the moving volume onto the fixed one.") if canRun else _("Select a fixed and a moving volume.")
-        self.updateTrainGUI()
+            if canRun:
+                self.ui.registerButton.toolTip = _("Register the moving volume onto the fixed one.")
+            elif p.fixedVolume and p.fixedVolume is p.movingVolume:
+                self.ui.registerButton.toolTip = _("The fixed and the moving volume are the same node; choose another moving volume.")
+            else:
+                self.ui.registerButton.toolTip = _("Select a fixed and a moving volume.")
 
     def onFadeChanged(self, value) -> None:
         from VoxelMorphRegLib.mrml import views
@@ -349,23 +511,24 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- running ---------------------------------------------------------------------------------
 
     def onRegisterButton(self) -> None:
-        if self._runner is not None and self._runner.running:
+        if self.running:
             self.ui.statusLabel.text = _("Cancelling...")
             slicer.app.processEvents()
-            self._runner.cancel()
+            self.runner.cancel()
             return
-        self.startRegistration()
+        self.start()
 
-    def startRegistration(self):
+    def start(self):
         """Start a registration with the panel's settings; returns the runner (or None if it did not start)."""
-        p = self._parameterNode
+        p = self.parameterNode
+        if not p or self.running or self.widget.installing:
+            return None
         self.ui.logTextEdit.clear()
         self.ui.statusLabel.text = ""
         try:
-            if not self.logic.installDependencies(askConfirmation=True):
-                self.ui.statusLabel.text = _("Registration needs PyTorch and MONAI; installation was declined.")
+            if not self.widget.ensureDependencies(_("Registration")):
                 return None
-            self._runner = self.logic.register(
+            self.runner = self.logic.register(
                 p.fixedVolume,
                 p.movingVolume,
                 movingSegmentation=p.movingSegmentation,
@@ -375,7 +538,8 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 affine=p.affine,
                 refineIterations=p.refineIterations,
                 refineSmoothness=p.refineSmoothness,
-                integrationSteps=p.integrationSteps or None,
+                refineLearningRate=p.refineLearningRate,
+                integrationSteps=p.integrationSteps,
                 outputVolume=p.outputVolume,
                 outputTransform=p.outputTransform,
                 inverseTransform=p.inverseTransform,
@@ -392,32 +556,21 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 finishedCallback=self.onFinished,
             )
         except Exception as exc:  # VoxelMorphRegError, or e.g. pip failing while installing dependencies
-            self._runner = None
-            self._reportStartFailure(_("Registration could not start: {message}"), self.ui.statusLabel, exc)
+            self.runner = None
+            self.widget.reportStartFailure(_("Registration could not start: {message}"), self.ui.statusLabel, exc)
+            self.widget.updateGUIFromParameterNode()
             return None
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
         self.ui.statusLabel.text = _("Starting...")
         self._pollTimer.start()
-        self.updateGUIFromParameterNode()
-        return self._runner
-
-    def _reportStartFailure(self, template: str, statusLabel, exc: Exception) -> None:
-        """Show why a run could not start: the engine's one-line message, or the details of anything unexpected."""
-        from VoxelMorphRegLib.errors import VoxelMorphRegError
-
-        statusLabel.text = _("Error: {message}").format(message=exc)
-        if isinstance(exc, VoxelMorphRegError):
-            slicer.util.errorDisplay(template.format(message=exc))
-        else:
-            logging.exception("VoxelMorphReg: a run could not start")
-            slicer.util.errorDisplay(template.format(message=exc), detailedText=str(exc))
+        self.widget.updateGUIFromParameterNode()
+        return self.runner
 
     def onPollTimer(self) -> None:
-        self._pollDeviceProbe()
-        if self._runner is not None and self._runner.running:
-            self._runner.poll()
-        if self._deviceProbe is None and (self._runner is None or not self._runner.running):
+        if self.running:
+            self.runner.poll()
+        if not self.running:
             self._pollTimer.stop()
 
     def onProgress(self, percent, stage) -> None:
@@ -429,34 +582,75 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.appendPlainText(line)
 
     def onFinished(self, runner) -> None:
-        self.ui.progressBar.setVisible(False)
-        if runner.state == "succeeded":
-            self._lastResult = runner.result
-            self.logic.showResult(runner.result, runner.fixed_volume, runner.moving_segmentation, self._parameterNode.fade if self._parameterNode else 0.5)
-            seconds = (runner.result.metrics.get("seconds") or {}).get("total")
-            self.ui.statusLabel.text = _("Done") + (f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else "") + "."
-        elif runner.state == "cancelled":
-            self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
-        else:
-            self.ui.statusLabel.text = _("Error: {message}").format(message=runner.error)
-            slicer.util.errorDisplay(_("Registration failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
-        self.updateGUIFromParameterNode()
+        """End of a run: show the result (a failure there is reported, never leaves the panel stuck)."""
+        try:
+            self.ui.progressBar.setVisible(False)
+            if runner.state == "succeeded":
+                self.lastResult = runner.result
+                seconds = (runner.result.metrics.get("seconds") or {}).get("total")
+                done = _("Done") + (f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else "") + "."
+                self.ui.statusLabel.text = done
+                try:
+                    p = self.parameterNode
+                    self.logic.showResult(runner.result, runner.fixed_volume, runner.moving_segmentation, p.fade if p else 0.5)
+                except Exception as exc:
+                    logging.exception("VoxelMorphReg: the results could not be shown")
+                    self.ui.statusLabel.text = done + " " + _("The results are in the scene, but showing them failed: {message}").format(message=exc)
+            elif runner.state == "cancelled":
+                self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+            else:
+                self.ui.statusLabel.text = _("Error: {message}").format(message=runner.error)
+                slicer.util.errorDisplay(_("Registration failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
+        finally:
+            self.widget.updateGUIFromParameterNode()
 
-    # -- training --------------------------------------------------------------------------------
 
-    def _trainingRunning(self) -> bool:
-        return self._trainRunner is not None and self._trainRunner.running
+class VoxelMorphRegTrainPanel:
+    """The Train panel: data from the scene or a folder, settings, Start/Stop, progress, the live plot."""
 
-    def updateTrainGUI(self, *args) -> None:
+    def __init__(self, widget) -> None:
+        self.widget = widget
+        self.ui = widget.ui
+        self.logic = widget.logic
+        self.runner = None
+
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.trainFromSceneRadioButton.connect("toggled(bool)", self.updateGUI)
+        self.ui.trainDataFolderButton.connect("clicked(bool)", lambda: self.chooseFolder(self.ui.trainDataPathLineEdit))
+        self.ui.trainValidationFolderButton.connect("clicked(bool)", lambda: self.chooseFolder(self.ui.trainValidationPathLineEdit))
+        self.ui.trainVolumesSelector.connect("checkedNodesChanged()", self.updateGUI)
+        self.ui.trainDataPathLineEdit.connect("currentPathChanged(QString)", self.updateGUI)
+        self.ui.trainProgressBar.setVisible(False)
+        # Polls the training process (events, log.csv rows for the plot, end of run).
+        self._trainTimer = qt.QTimer()
+        self._trainTimer.setInterval(500)
+        self._trainTimer.connect("timeout()", self.onTrainTimer)
+
+    @property
+    def parameterNode(self):
+        return self.widget._parameterNode
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None and self.runner.running
+
+    def cleanup(self) -> None:
+        if self.running:
+            # The engine stops when its standard input closes (the application's exit), but give it
+            # a moment to save last.pt now, then kill it.
+            self.runner.stop(wait=True, timeout=15)
+        self._trainTimer.stop()
+
+    def updateGUI(self, *args) -> None:
         """Scene or folder inputs, Start/Stop button, inputs locked while a training runs."""
         fromScene = self.ui.trainFromSceneRadioButton.checked
         self.ui.trainSceneSourceWidget.setVisible(fromScene)
         self.ui.trainFolderSourceWidget.setVisible(not fromScene)
-        running = self._trainingRunning()
+        running = self.running
         for widget in (self.ui.trainFromSceneRadioButton, self.ui.trainFromFolderRadioButton, self.ui.trainSceneSourceWidget, self.ui.trainFolderSourceWidget, self.ui.trainSettingsWidget):
             widget.enabled = not running
         if running:
-            stopping = self._trainRunner.stopping
+            stopping = self.runner.stopping
             self.ui.trainButton.text = _("Kill training") if stopping else _("Stop training")
             self.ui.trainButton.toolTip = (
                 _("The engine is saving last.pt; click to kill it now.") if stopping else _("Stop the training; the engine saves last.pt, which is offered in the model list.")
@@ -464,6 +658,10 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trainButton.enabled = True
             return
         self.ui.trainButton.text = _("Start training")
+        if self.widget.installing:
+            self.ui.trainButton.enabled = False
+            self.ui.trainButton.toolTip = _("Installing PyTorch and MONAI...")
+            return
         if fromScene:
             count = len(self.ui.trainVolumesSelector.checkedNodes())
             canRun = count >= 2
@@ -475,31 +673,30 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainButton.toolTip = _("Train in a background process; click again to stop.") if canRun else why
 
     def chooseFolder(self, pathLineEdit) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Choose a folder"), pathLineEdit.currentPath or str(Path.home()))
+        folder = qt.QFileDialog.getExistingDirectory(self.widget.parent, _("Choose a folder"), pathLineEdit.currentPath or str(Path.home()))
         if folder:
             pathLineEdit.currentPath = folder
 
     def onTrainButton(self) -> None:
-        if self._trainingRunning():
-            if self._trainRunner.stopping:
-                self._trainRunner.stop(timeout=0)  # second click: kill now (the next poll does it)
+        if self.running:
+            if self.runner.stopping:
+                self.runner.stop(timeout=0)  # second click: kill now (the next poll does it)
                 self.ui.trainStatusLabel.text = _("Killing the training engine...")
             else:
-                self._trainRunner.stop()
+                self.runner.stop()
                 self.ui.trainStatusLabel.text = _("Stopping: the engine saves last.pt...")
-            self.updateTrainGUI()
+            self.updateGUI()
             return
-        self.startTraining()
+        self.start()
 
-    def startTraining(self):
+    def start(self):
         """Start a training with the panel's settings; returns the runner (or None if it did not start)."""
-        p = self._parameterNode
-        if not p:
+        p = self.parameterNode
+        if not p or self.running or self.widget.installing:
             return None
         self.ui.trainStatusLabel.text = ""
         try:
-            if not self.logic.installDependencies(askConfirmation=True):
-                self.ui.trainStatusLabel.text = _("Training needs PyTorch and MONAI; installation was declined.")
+            if not self.widget.ensureDependencies(_("Training")):
                 return None
             outputFolder = self.ui.trainOutputPathLineEdit.currentPath.strip() or str(self.logic.defaultTrainingFolder())
             self.ui.trainOutputPathLineEdit.currentPath = outputFolder
@@ -511,7 +708,7 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 inputs["dataPath"] = self.ui.trainDataPathLineEdit.currentPath.strip() or None
                 inputs["validationPath"] = self.ui.trainValidationPathLineEdit.currentPath.strip() or None
-            self._trainRunner = self.logic.train(
+            self.runner = self.logic.train(
                 **inputs,
                 atlasNode=p.trainAtlas,
                 outputFolder=outputFolder,
@@ -526,22 +723,23 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 wait=False,
                 showPlot=True,
                 progressCallback=self.onTrainProgress,
-                logCallback=self.onLogLine,
+                logCallback=self.widget.registerPanel.onLogLine,
                 finishedCallback=self.onTrainFinished,
             )
         except Exception as exc:  # VoxelMorphRegError, or e.g. pip failing while installing dependencies
-            self._trainRunner = None
-            self._reportStartFailure(_("Training could not start: {message}"), self.ui.trainStatusLabel, exc)
+            self.runner = None
+            self.widget.reportStartFailure(_("Training could not start: {message}"), self.ui.trainStatusLabel, exc)
+            self.widget.updateGUIFromParameterNode()
             return None
         self.ui.trainProgressBar.value = 0
         self.ui.trainProgressBar.setVisible(True)
         self.ui.trainStatusLabel.text = _("Starting...")
         self._trainTimer.start()
-        self.updateTrainGUI()
-        return self._trainRunner
+        self.updateGUI()
+        return self.runner
 
     def onTrainTimer(self) -> None:
-        runner = self._trainRunner
+        runner = self.runner
         if runner is None or not runner.running:
             self._trainTimer.stop()
             return
@@ -550,30 +748,32 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.attachTrainingPlot(runner)
         runner.poll()
         if runner.running:
-            self.updateTrainGUI()
+            self.updateGUI()
 
     def onTrainProgress(self, percent, stage) -> None:
         self.ui.trainProgressBar.value = percent
         self.ui.trainStatusLabel.text = stage
 
     def onTrainFinished(self, runner) -> None:
-        self._trainTimer.stop()
-        self.ui.trainProgressBar.setVisible(False)
-        if runner.state == "succeeded":
-            self.addTrainedModel(runner.checkpoint, select=True)
-            self.ui.trainStatusLabel.text = _("Done: {path} is selected as the registration model.").format(path=runner.checkpoint)
-        elif runner.state == "stopped":
-            if runner.checkpoint is not None:
-                self.addTrainedModel(runner.checkpoint, select=False)
-                self.ui.trainStatusLabel.text = _("Stopped at step {step}; {path} was added to the model list. Start again with the same output folder to resume.").format(
-                    step=runner.step, path=runner.checkpoint
-                )
+        try:
+            self._trainTimer.stop()
+            self.ui.trainProgressBar.setVisible(False)
+            if runner.state == "succeeded":
+                self.widget.addTrainedModel(runner.checkpoint, select=True)
+                self.ui.trainStatusLabel.text = _("Done: {path} is selected as the registration model.").format(path=runner.checkpoint)
+            elif runner.state == "stopped":
+                if runner.checkpoint is not None:
+                    self.widget.addTrainedModel(runner.checkpoint, select=False)
+                    self.ui.trainStatusLabel.text = _("Stopped at step {step}; {path} was added to the model list. Start again with the same output folder to resume.").format(
+                        step=runner.step, path=runner.checkpoint
+                    )
+                else:
+                    self.ui.trainStatusLabel.text = _("Stopped before a checkpoint was saved.")
             else:
-                self.ui.trainStatusLabel.text = _("Stopped before a checkpoint was saved.")
-        else:
-            self.ui.trainStatusLabel.text = _("Error: {message}").format(message=runner.error)
-            slicer.util.errorDisplay(_("Training failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
-        self.updateTrainGUI()
+                self.ui.trainStatusLabel.text = _("Error: {message}").format(message=runner.error)
+                slicer.util.errorDisplay(_("Training failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
+        finally:
+            self.updateGUI()
 
 
 #
@@ -631,20 +831,42 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
 
         return missing_packages()
 
-    def installDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install PyTorch (through the PyTorch extension) and MONAI if missing; ``False`` if declined.
+    @staticmethod
+    def dependencyProblems() -> list:
+        """What stops the engine from running (missing packages, versions that do not fit), one sentence each."""
+        from VoxelMorphRegLib.mrml.environment import dependency_problems
 
-        Never reinstalls SimpleITK, numpy or vtk: MONAI is installed without its dependencies
-        (they are torch and numpy, both present by then).
-        """
+        return dependency_problems()
+
+    def checkDependencies(self) -> None:
+        """Raise ``VoxelMorphRegError`` saying what to do if the engine's packages are missing or do not fit."""
         from VoxelMorphRegLib.errors import VoxelMorphRegError
 
-        missing = self.missingDependencies()
-        if not missing:
+        problems = self.dependencyProblems()
+        if problems:
+            raise VoxelMorphRegError("; ".join(problems))
+
+    def installDependencies(self, askConfirmation: bool = True) -> bool:
+        """Install PyTorch (through the PyTorch extension) and a MONAI that fits it, if needed; ``False`` if declined.
+
+        MONAI is installed without its dependencies (``--no-deps``: pip must not replace torch,
+        numpy or vtk under Slicer), so the version is picked to fit the torch, Python and numpy
+        that are there (:func:`VoxelMorphRegLib.mrml.environment.monai_requirement`). Raises
+        ``VoxelMorphRegError`` saying what to do when no fitting combination can be installed.
+        """
+        import importlib
+
+        from VoxelMorphRegLib.errors import VoxelMorphRegError
+        from VoxelMorphRegLib.mrml import environment
+
+        if not self.dependencyProblems():
             return True
-        if askConfirmation and not slicer.app.testingEnabled():
+        missing = self.missingDependencies()
+        monaiProblem = [p for p in self.dependencyProblems() if p.startswith("MONAI")]
+        names = missing + (["monai (a version that fits torch)"] if monaiProblem and "monai" not in missing else [])
+        if names and askConfirmation and not slicer.app.testingEnabled():
             if not slicer.util.confirmOkCancelDisplay(
-                _("VoxelMorphReg needs these Python packages: {names}.\nDownload and install them now? This can take several minutes.").format(names=", ".join(missing)),
+                _("VoxelMorphReg needs these Python packages: {names}.\nDownload and install them now? This can take several minutes.").format(names=", ".join(names)),
                 windowTitle=_("Install dependencies"),
             ):
                 return False
@@ -653,16 +875,28 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
                 import PyTorchUtils
             except ModuleNotFoundError:
                 raise VoxelMorphRegError("PyTorch is needed: install the 'PyTorch' extension with the Extensions Manager, restart Slicer and try again") from None
+            minimum = ".".join(str(v) for v in environment.MINIMUM_TORCH)
             with slicer.util.WaitCursor():
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.0")
+                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=f">={minimum}")
             if torch is None:
                 raise VoxelMorphRegError("PyTorch installation failed; see the Python console for details")
-        if "monai" in missing:
+            importlib.invalidate_caches()
+        torchVersion = environment.installed_version("torch")
+        if torchVersion is None or environment.version_tuple(torchVersion) < environment.MINIMUM_TORCH:
+            self.checkDependencies()  # says what to do about the torch that is there
+        if "monai" in missing or any(p.startswith("MONAI") for p in self.dependencyProblems()):
+            requirement = environment.monai_requirement(torchVersion)
+            if requirement is None:
+                raise VoxelMorphRegError(
+                    f"no MONAI release fits torch {torchVersion} with numpy {environment.installed_version('numpy')}: "
+                    "update PyTorch to 2.4.1 or later in the PyTorch Utils module (uninstall, restart Slicer, install) and try again"
+                )
             with slicer.util.WaitCursor():
-                slicer.util.pip_install("monai>=1.3 --no-deps")
-        still = self.missingDependencies()
-        if still:
-            raise VoxelMorphRegError(f"still missing after installation: {', '.join(still)}; a restart of Slicer may help")
+                slicer.util.pip_install([requirement, "--no-deps"])
+            importlib.invalidate_caches()
+        problems = self.dependencyProblems()
+        if problems:
+            raise VoxelMorphRegError("; ".join(problems) + "; a restart of Slicer may help")
         return True
 
     # -- training --------------------------------------------------------------------------------
@@ -714,13 +948,12 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         raise ``VoxelMorphRegError``. With ``wait=False`` it returns the started
         ``TrainingRunner``: call ``poll()`` regularly, ``stop()`` to stop it.
         """
+        from VoxelMorphRegLib.contract import TrainOptions
         from VoxelMorphRegLib.errors import VoxelMorphRegError
-        from VoxelMorphRegLib.mrml import training_runner
+        from VoxelMorphRegLib.mrml import training_export, training_runner
 
-        missing = self.missingDependencies()
-        if missing:
-            raise VoxelMorphRegError(f"missing Python packages: {', '.join(missing)}; install them with VoxelMorphRegLogic().installDependencies()")
-        options = training_runner.TrainOptions(
+        self.checkDependencies()
+        options = TrainOptions(  # the engine's own options
             steps=int(steps),
             learning_rate=float(learningRate),
             similarity=similarity,
@@ -733,8 +966,8 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         outputFolder = Path(outputFolder) if outputFolder else self.defaultTrainingFolder()
         inputs = {}
         if volumes:
-            pairs = training_runner.pair_segmentations(list(volumes), list(segmentations or []))
-            inputs["subjects"], inputs["validation_subjects"] = training_runner.split_validation(pairs, validationCount)
+            pairs = training_export.pair_segmentations(list(volumes), list(segmentations or []))
+            inputs["subjects"], inputs["validation_subjects"] = training_export.split_validation(pairs, validationCount)
         elif dataPath:
             inputs["data"], inputs["validation"] = dataPath, validationPath or None
         else:
@@ -749,9 +982,21 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             finished_callback=finishedCallback,
             **inputs,
         )
-        runner.start()
-        if showPlot:
-            self.attachTrainingPlot(runner)
+        # Everything that can fail is built before the engine starts (it runs in its own session);
+        # anything failing after it started stops it again.
+        plot = self.attachTrainingPlot(runner) if showPlot else None
+        try:
+            runner.start()
+        except BaseException:
+            if plot is not None:
+                plot.remove()
+            raise
+        try:
+            if plot is not None:
+                self.showTrainingPlot(plot)
+        except BaseException:
+            runner.stop(wait=True, timeout=15)
+            raise
         if not wait:
             return runner
         import time
@@ -769,7 +1014,8 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         name = f"VoxelMorphReg training ({runner.out.name})" if runner.out else "VoxelMorphReg training"
         plot = TrainingPlot(slicer.mrmlScene, name=name)
         runner.attach_plot(plot)
-        self.showTrainingPlot(plot)
+        if runner.running:  # a new plot for a running training (e.g. after a scene close)
+            self.showTrainingPlot(plot)
         return plot
 
     @staticmethod
@@ -793,6 +1039,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         affine=True,
         refineIterations=None,
         refineSmoothness=None,
+        refineLearningRate=None,
         integrationSteps=None,
         outputVolume=None,
         outputTransform=None,
@@ -812,8 +1059,9 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         """Register ``movingNode`` onto ``fixedNode``.
 
         ``model``: None or "bundled" (the bundled model), "none" (per-pair optimisation only) or a
-        checkpoint file. ``device``: "auto", "cpu" or "cuda". ``refineIterations`` and
-        ``refineSmoothness``: the per-pair refinement (None or below 0: the model's defaults). ``output*``: existing nodes to
+        checkpoint file. ``device``: "auto", "cpu" or "cuda". ``refineIterations``,
+        ``refineSmoothness``, ``refineLearningRate`` (the per-pair refinement) and
+        ``integrationSteps``: ``None`` means the model's own setting. ``output*``: existing nodes to
         overwrite; ``None`` creates new nodes (only when the run succeeds).
 
         With ``wait=True`` (default) this blocks and returns a ``RegistrationResult`` whose
@@ -823,23 +1071,21 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         ``wait=False`` it returns the started ``RegistrationRunner``; call its ``poll()``
         regularly (or ``wait()``), ``cancel()`` to stop it.
         """
+        from VoxelMorphRegLib.contract import RegisterOptions
         from VoxelMorphRegLib.errors import VoxelMorphRegError
         from VoxelMorphRegLib.mrml.outputs import OutputTargets
-        from VoxelMorphRegLib.mrml.runner import RegistrationOptions, RegistrationRunner
+        from VoxelMorphRegLib.mrml.runner import RegistrationRunner
 
-        missing = self.missingDependencies()
-        if missing:
-            raise VoxelMorphRegError(f"missing Python packages: {', '.join(missing)}; install them with VoxelMorphRegLogic().installDependencies()")
-        options = RegistrationOptions(
+        self.checkDependencies()
+        options = RegisterOptions(  # the engine's own options; None: the model's default
             model=model or BUNDLED_MODEL,
             device=device or "auto",
             affine=bool(affine),
-            refine_iterations=None if refineIterations is None or int(refineIterations) < 0 else int(refineIterations),
-            refine_smoothness=None if refineSmoothness is None or float(refineSmoothness) < 0 else float(refineSmoothness),
-            integration_steps=int(integrationSteps) if integrationSteps else None,
-            inverse_transform=bool(inverseTransform or outputInverseTransform),
-            jacobian=bool(jacobian or outputJacobian),
-            table=bool(table or outputTable),
+            refine_iterations=None if refineIterations is None else int(refineIterations),
+            refine_smoothness=None if refineSmoothness is None else float(refineSmoothness),
+            refine_learning_rate=None if refineLearningRate is None else float(refineLearningRate),
+            integration_steps=None if integrationSteps is None else int(integrationSteps),
+            qc=False,
         )
         targets = OutputTargets(
             warped_volume=outputVolume,
@@ -852,7 +1098,10 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
 
         def onFinished(runner):
             if showResult and runner.state == "succeeded":
-                self.showResult(runner.result, fixedNode, movingSegmentation)
+                try:
+                    self.showResult(runner.result, fixedNode, movingSegmentation)
+                except Exception:  # the nodes are in the scene: the result stands, the views are a nicety
+                    logging.exception("VoxelMorphReg: the registration succeeded but its results could not be shown")
             if finishedCallback:
                 finishedCallback(runner)
 
@@ -864,6 +1113,9 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             fixedSegmentation,
             options,
             targets,
+            inverse_transform=bool(inverseTransform or outputInverseTransform),
+            jacobian=bool(jacobian or outputJacobian),
+            table=bool(table or outputTable),
             progress_callback=progressCallback,
             log_callback=logCallback or (lambda line: logging.debug(line)),
             finished_callback=onFinished,

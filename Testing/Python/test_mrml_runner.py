@@ -27,48 +27,42 @@ from VoxelMorphRegLib.errors import CancelledError, VoxelMorphRegError  # noqa: 
 from VoxelMorphRegLib.mrml import runner as runner_module  # noqa: E402
 from VoxelMorphRegLib.mrml import segmentations, volumes  # noqa: E402
 from VoxelMorphRegLib.mrml.outputs import OutputTargets  # noqa: E402
-from VoxelMorphRegLib.mrml.runner import RegistrationOptions, RegistrationRunner  # noqa: E402
+from VoxelMorphRegLib.contract import RegisterJob, RegisterOptions  # noqa: E402
+from VoxelMorphRegLib.mrml.runner import RegistrationRunner  # noqa: E402
 
 FAKE_ENGINE = textwrap.dedent(
     r'''
-    import argparse, json, os, subprocess, sys, time
+    import json, os, subprocess, sys, time
     from pathlib import Path
     import numpy as np
     import SimpleITK as sitk
+    from VoxelMorphRegLib import contract  # the real events, through the contract's own emitter
+    from VoxelMorphRegLib.frontends.cli import build_parser  # the real command line
 
-    p = argparse.ArgumentParser()
-    p.add_argument("command")
-    p.add_argument("fixed")
-    p.add_argument("moving")
-    p.add_argument("--out", required=True)
-    p.add_argument("--moving-labels")
-    p.add_argument("--fixed-labels")
-    p.add_argument("--model")
-    p.add_argument("--device")
-    p.add_argument("--no-affine", action="store_true")
-    p.add_argument("--refine", type=int)
-    p.add_argument("--refine-smoothness", type=float)
-    p.add_argument("--integration-steps", type=int)
-    p.add_argument("--no-qc", action="store_true")
-    a = p.parse_args()
+    a = build_parser().parse_args(sys.argv[1:])
+    channel = contract.open_event_channel(a.events)
+    channel.emit(contract.Started("register", "fake", pid=os.getpid()))
     mode = os.environ.get("FAKE_ENGINE_MODE", "ok")
     record = os.environ.get("FAKE_ENGINE_RECORD")
     if record:
         Path(record).write_text(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "pid": os.getpid()}))
 
-    def say(text):
-        print(text, file=sys.stderr, flush=True)
+    def say(text, percent=None, name="stage"):
+        print(text if percent is None else f"[{percent:3d}%] {text}", file=sys.stderr, flush=True)
+        if percent is not None:
+            channel.emit(contract.Stage(name, percent, text))
 
-    say("[  0%] reading the images")
+    say("reading the images", 0, "read")
     if mode == "fail":
         say("voxelmorphreg: error: model file /nowhere/model.pt: no such file")
+        channel.emit(contract.Error("model file /nowhere/model.pt: no such file", 2))
         sys.exit(2)
     if mode == "crash":
         raise RuntimeError("unexpected engine bug")
     if mode == "sleep":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         Path(record).write_text(json.dumps({"pid": os.getpid(), "child": child.pid}))
-        say("[ 10%] waiting")
+        say("waiting", 10, "model")
         time.sleep(120)
         sys.exit(0)
 
@@ -76,7 +70,7 @@ FAKE_ENGINE = textwrap.dedent(
     moving = sitk.ReadImage(a.moving)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    say("[ 40%] deformable registration")
+    say("deformable registration", 40, "network")
     size = fixed.GetSize()
     field = sitk.GetImageFromArray(np.full(size[::-1] + (3,), 0.5), isVector=True)
     field.CopyInformation(fixed)
@@ -103,10 +97,10 @@ FAKE_ENGINE = textwrap.dedent(
             dice = lambda x, y, i: float(2 * ((x == i) & (y == i)).sum() / max(1, (x == i).sum() + (y == i).sum()))
             metrics["dice"] = {"labels": [int(i) for i in ids], "before": {str(i): 0.5 for i in ids}, "after": {str(i): dice(f, w, i) for i in ids},
                                "mean_before": 0.5, "mean_after": float(np.mean([dice(f, w, i) for i in ids])) if ids else 0.0}
-    say("[ 90%] writing the results")
+    say("writing the results", 90, "write")
     (out / "metrics.json").write_text(json.dumps(metrics))
     say("some free text the runner keeps in the log")
-    say("[100%] done")
+    channel.emit(contract.Done(str(out), sorted(p.name for p in out.iterdir()), 0.3, {}))
     '''
 )
 
@@ -157,7 +151,7 @@ def setup(tmp_path, monkeypatch):
 
     def make_runner(moving_segmentation=None, fixed_segmentation=None, options=None, targets=None, **kwargs):
         return RegistrationRunner(
-            scene, fixed, moving, moving_segmentation, fixed_segmentation, options or RegistrationOptions(), targets,
+            scene, fixed, moving, moving_segmentation, fixed_segmentation, options or RegisterOptions(qc=False), targets,
             engine_prefix=[sys.executable, str(engine)], temp_root=str(temp_root), **kwargs,
         )
 
@@ -172,29 +166,19 @@ def new_node_classes(scene, before):
     return sorted(scene.GetNodeByID(i).GetClassName() for i in node_ids(scene) - before)
 
 
-def test_progress_and_error_line_parsing():
-    assert runner_module.parse_progress("[ 40%] deformable registration") == (40, "deformable registration")
-    assert runner_module.parse_progress("[100%] done") == (100, "done")
-    assert runner_module.parse_progress("[  5%]") == (5, "")
-    assert runner_module.parse_progress("loss 0.3 [50%]") is None
-    assert runner_module.parse_error("voxelmorphreg: error: no such file") == "no such file"
-    assert runner_module.parse_error("error: something") is None
-
-
 def test_command_line_matches_the_engine_parser():
-    options = RegistrationOptions(model="/m/model.pt", device="cuda", affine=False, refine_iterations=50, refine_smoothness=0.25, integration_steps=9)
-    command = runner_module.build_command(["python", "-m", "VoxelMorphRegLib.frontends.cli"], "f.nrrd", "m.nrrd", "out", options, "ml.nrrd", "fl.nrrd")
+    options = RegisterOptions(model="/m/model.pt", device="cuda", affine=False, refine_iterations=50, refine_smoothness=0.25, refine_learning_rate=0.05, integration_steps=9, qc=False)
+    command = runner_module.build_command(["python", "-m", "VoxelMorphRegLib.frontends.cli"], RegisterJob("f.nrrd", "m.nrrd", "out", "ml.nrrd", "fl.nrrd", options))
     assert command[:6] == ["python", "-m", "VoxelMorphRegLib.frontends.cli", "register", "f.nrrd", "m.nrrd"]
-    try:
-        from VoxelMorphRegLib.frontends.cli import build_parser
-    except ImportError:
-        pytest.skip("engine command line not importable")
+    from VoxelMorphRegLib.frontends.cli import build_parser
+
     args = build_parser().parse_args(command[3:])
     assert (args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels) == ("f.nrrd", "m.nrrd", "out", "ml.nrrd", "fl.nrrd")
-    assert (args.model, args.device, args.no_affine, args.refine, args.refine_smoothness, args.integration_steps, args.no_qc) == ("/m/model.pt", "cuda", True, 50, 0.25, 9, True)
-    defaults = build_parser().parse_args(runner_module.build_command(["x"], "f", "m", "o", RegistrationOptions())[1:])
+    assert (args.model, args.device, args.no_affine, args.refine, args.refine_smoothness, args.refine_learning_rate, args.integration_steps, args.no_qc) == ("/m/model.pt", "cuda", True, 50, 0.25, 0.05, 9, True)
+    assert (args.events, args.stop_on_stdin) == ("-", True)  # events on stdout; stop when this process goes away
+    defaults = build_parser().parse_args(runner_module.build_command(["x"], RegisterJob("f", "m", "o", options=runner_module.default_register_options()))[1:])
     assert (defaults.model, defaults.device, defaults.no_affine, defaults.refine, defaults.refine_smoothness, defaults.integration_steps) == ("bundled", "auto", False, None, None, None)  # None: the model's own refinement default
-    network_only = build_parser().parse_args(runner_module.build_command(["x"], "f", "m", "o", RegistrationOptions(refine_iterations=0))[1:])
+    network_only = build_parser().parse_args(runner_module.build_command(["x"], RegisterJob("f", "m", "o", options=RegisterOptions(refine_iterations=0)))[1:])
     assert network_only.refine == 0
 
 
@@ -203,7 +187,7 @@ def test_success_adds_exactly_the_expected_nodes(setup):
     before = node_ids(scene)
     progress, lines, finished = [], [], []
     runner = setup["make_runner"](
-        setup["moving_seg"], setup["fixed_seg"], RegistrationOptions(inverse_transform=True),
+        setup["moving_seg"], setup["fixed_seg"], inverse_transform=True,
         progress_callback=lambda p, s: progress.append((p, s)), log_callback=lines.append, finished_callback=finished.append,
     )
     result = runner.wait(timeout=60)
@@ -256,7 +240,7 @@ def test_existing_output_nodes_are_reused(setup):
     target = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my warped")
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", "my table")
     before = node_ids(scene)
-    result = setup["make_runner"](targets=OutputTargets(warped_volume=target, table=table), options=RegistrationOptions(jacobian=False)).wait(timeout=60)
+    result = setup["make_runner"](targets=OutputTargets(warped_volume=target, table=table), jacobian=False).wait(timeout=60)
     assert result.warped_volume is target and result.table is table
     assert target.GetImageData().GetDimensions() == setup["fixed"].GetImageData().GetDimensions()
     assert table.GetNumberOfRows() > 0
@@ -340,6 +324,13 @@ def test_cancel_kills_the_tree_and_leaves_scene_unchanged(setup, monkeypatch):
         runner.wait()
 
 
+def test_a_linear_transform_node_is_refused_as_the_transform_output(setup):
+    linear = setup["scene"].AddNewNodeByClass("vtkMRMLLinearTransformNode", "my linear")
+    with pytest.raises(VoxelMorphRegError, match="my linear: a vtkMRMLLinearTransformNode cannot hold the displacement grid"):
+        setup["make_runner"](targets=OutputTargets(transform=linear)).start()
+    assert not setup["record"].exists()  # the engine never started
+
+
 def test_invalid_inputs_are_refused_before_starting(setup):
     runner = RegistrationRunner(setup["scene"], None, setup["moving"])
     with pytest.raises(VoxelMorphRegError, match="no fixed volume"):
@@ -373,13 +364,25 @@ def test_real_engine_result_agrees_with_slicer_resampling(tmp_path):
     scene = slicer.vtkMRMLScene()
     fixed = volumes.sitk_to_volume(blob((30, 28, 24), (1.2, 0.9, 1.5), 0.3, (10.0, -20.0, 5.0), 0), scene=scene, name="fixed")
     moving = volumes.sitk_to_volume(blob((28, 30, 26), (1.3, 1.0, 1.4), 0.2, (11.0, -19.0, 4.0), 1), scene=scene, name="moving")
-    options = RegistrationOptions(model="none", refine_iterations=5, device="cpu", affine=True)
-    runner = RegistrationRunner(scene, fixed, moving, options=options, temp_root=str(tmp_path))
+    options = RegisterOptions(model="none", refine_iterations=5, device="cpu", affine=True, qc=False)
+    progress = []
+    runner = RegistrationRunner(scene, fixed, moving, options=options, temp_root=str(tmp_path), progress_callback=lambda p, text: progress.append((p, text)))
     try:
         result = runner.wait(timeout=240)
     except VoxelMorphRegError as exc:
         pytest.fail(f"real engine failed: {exc}\n" + "\n".join(runner.log[-20:]))
-    assert runner.progress == 100
+    # The real engine's events drive the progress: its stages in order, refinement progress, done.
+    from VoxelMorphRegLib import contract
+
+    kinds = [type(e).__name__ for e in runner.events]
+    assert kinds[0] == "Started" and kinds[-1] == "Done" and runner.events[0].pid > 0
+    stages = [e.name for e in runner.events if isinstance(e, contract.Stage)]
+    assert stages[:3] == ["read", "model", "affine"] and "refine" in stages and stages[-1] == "write"
+    refine = [e for e in runner.events if isinstance(e, contract.Progress) and e.stage == "refine"]
+    assert refine and refine[-1].done == refine[-1].total == 5
+    percents = [p for p, _ in progress]
+    assert percents == sorted(percents) and percents[-1] == 100 and len(set(percents)) >= 8
+    assert not any(line.lstrip().startswith("{") for line in runner.log)  # events are not shown as log lines
     moving.SetAndObserveTransformNodeID(result.transform.GetID())
     volumes_logic = slicer.vtkSlicerVolumesLogic()
     volumes_logic.SetMRMLScene(scene)

@@ -1,6 +1,7 @@
 """Segmentation / label map nodes <-> label maps: names, colours and label values survive."""
 
 import numpy as np
+import vtk
 import pytest
 from conftest import require_slicer_core
 
@@ -168,3 +169,29 @@ def test_closed_surface_segmentation_exported_without_changing_the_input(scene):
     assert [i.name for i in infos] == ["Ball"]
     assert (array == 1).sum() > 50 and array[6, 9, 10] == 1
     assert not node.GetSegmentation().ContainsRepresentation(seg.BINARY_LABELMAP)
+
+
+TERMINOLOGY = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^17137000^Brain~^^~Anatomic codes - DICOM master list~^^~^^"
+
+
+def test_terminology_is_carried_with_the_api_of_slicer_5_6_and_5_8(scene, monkeypatch):
+    """vtkSegment.Get/SetTerminology exist from Slicer 5.10 only; the terminology tag is there in every version."""
+
+    class SegmentOf56(slicer.vtkSegment):
+        def __getattribute__(self, name):
+            if name in ("GetTerminology", "SetTerminology", "HasTerminology"):
+                raise AttributeError(f"'vtkSegment' object has no attribute '{name}'")
+            return super().__getattribute__(name)
+
+    monkeypatch.setattr(slicer, "vtkSegment", SegmentOf56)
+    reference = oblique_reference(scene)
+    infos = [seg.LabelInfo(1, "Brain", (0.9, 0.8, 0.7), terminology=TERMINOLOGY), seg.LabelInfo(2, "Other", (0.1, 0.2, 0.3))]
+    node = add_segmentation(scene, reference, blocks(), infos)
+    assert isinstance(node.GetSegmentation().GetNthSegment(0), SegmentOf56)
+    read = seg.segment_infos(node)
+    assert (read[0].name, read[0].terminology) == ("Brain", TERMINOLOGY)
+    assert read[1].terminology != TERMINOLOGY  # the others keep their own (Slicer's default)
+    # What Slicer's own widgets read (the tag), in the segmentation built from the engine's labels.
+    rebuilt = add_segmentation(scene, reference, blocks(), read, name="rebuilt")
+    value = vtk.reference("")
+    assert rebuilt.GetSegmentation().GetNthSegment(0).GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value) and str(value) == TERMINOLOGY

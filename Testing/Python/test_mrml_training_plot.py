@@ -8,7 +8,7 @@ from conftest import require_slicer_core
 slicer = require_slicer_core()
 
 from VoxelMorphRegLib.mrml.training_plot import TrainingPlot  # noqa: E402
-from VoxelMorphRegLib.mrml.training_runner import TrainingRow  # noqa: E402
+from VoxelMorphRegLib.mrml.training_log import TrainingRow  # noqa: E402
 
 
 def rows(first, last, validate_every=5):
@@ -72,3 +72,47 @@ def test_a_scene_close_takes_the_nodes_and_remove_cleans_up():
     count = scene.GetNumberOfNodes()
     plot.remove()
     assert scene.GetNumberOfNodes() == count - 5
+
+
+class _TableNodeOf560:
+    """A table node as Slicer 5.6.0 has it: no Set/GetUseColumnTitleAsColumnHeader (added in 5.6.2)."""
+
+    MISSING = ("SetUseColumnTitleAsColumnHeader", "GetUseColumnTitleAsColumnHeader")
+
+    def __init__(self, node):
+        self._node = node
+
+    def __getattr__(self, name):
+        if name in self.MISSING:
+            raise AttributeError(f"'vtkMRMLTableNode' object has no attribute '{name}'")
+        return getattr(self._node, name)
+
+
+class _SceneOf560:
+    def __init__(self, scene, fail_on=None):
+        self._scene, self._fail_on = scene, fail_on
+
+    def __getattr__(self, name):
+        return getattr(self._scene, name)
+
+    def AddNewNodeByClass(self, class_name, name=""):
+        if class_name == self._fail_on:
+            raise RuntimeError(f"cannot create {class_name}")
+        node = self._scene.AddNewNodeByClass(class_name, name)
+        return _TableNodeOf560(node) if class_name == "vtkMRMLTableNode" else node
+
+
+def test_plot_builds_with_the_table_node_of_slicer_5_6_0():
+    scene = slicer.vtkMRMLScene()
+    plot = TrainingPlot(_SceneOf560(scene))
+    plot.add_rows(rows(1, 10))
+    assert plot.number_of_rows == 10 and plot.validation_table.GetTable().GetNumberOfRows() == 2
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+
+
+def test_a_plot_that_cannot_be_built_leaves_no_node_behind():
+    scene = slicer.vtkMRMLScene()
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(RuntimeError):
+        TrainingPlot(_SceneOf560(scene, fail_on="vtkMRMLPlotChartNode"))
+    assert scene.GetNumberOfNodes() == before

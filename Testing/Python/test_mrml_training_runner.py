@@ -2,12 +2,14 @@
 
 The fake engine takes the real ``train`` command line and behaves like the real one where the
 runner cares: ``step N/M loss=... s/step eta N min [val_dice=...]`` lines on stderr, rows
-appended to ``OUT/log.csv`` (same columns), ``best.pt`` at validations and at the end, and on
-``KeyboardInterrupt`` (SIGINT) it writes ``last.pt`` and exits with 130. ``FAKE_TRAIN_MODE``:
+appended to ``OUT/log.csv`` (same columns), ``best.pt`` at validations and at the end; it parses
+its arguments with the real parser and, like the real one with ``--stop-on-stdin``, ends its loop
+when its standard input says ``stop`` (then ``last.pt``, ``best.pt`` if none, exit 0).
+``FAKE_TRAIN_MODE``:
 
 * ``ok``: ``--steps`` steps, then ``last.pt`` and ``best.pt``, exit 0;
 * ``slow``: starts a child process, then steps slowly (to be stopped);
-* ``stubborn``: ignores SIGINT (so does its child): only a kill ends it;
+* ``stubborn``: ignores the stop request: only a kill ends it;
 * ``fail``: an engine error line, exit 2;
 * ``nobest``: ends with 0 without writing ``best.pt``;
 * ``leaky``: like ``ok``, but leaves a child process running when it ends.
@@ -32,30 +34,31 @@ slicer = require_slicer_core()
 
 from VoxelMorphRegLib.errors import VoxelMorphRegError  # noqa: E402
 from VoxelMorphRegLib.mrml import segmentations, volumes  # noqa: E402
+from VoxelMorphRegLib.mrml import training_export as te  # noqa: E402
+from VoxelMorphRegLib.mrml import training_log as tl  # noqa: E402
 from VoxelMorphRegLib.mrml import training_runner as tr  # noqa: E402
-from VoxelMorphRegLib.mrml.engine_process import with_sigint_restored  # noqa: E402
 from VoxelMorphRegLib.mrml.training_plot import TrainingPlot  # noqa: E402
 
 FAKE_TRAIN_ENGINE = textwrap.dedent(
     r'''
-    import argparse, csv, json, os, signal, subprocess, sys, time
+    import csv, json, os, subprocess, sys, threading, time
     from pathlib import Path
+    from VoxelMorphRegLib import contract  # the real events, through the contract's own emitter
+    from VoxelMorphRegLib.frontends.cli import build_parser  # the real command line
 
-    p = argparse.ArgumentParser()
-    p.add_argument("command")
-    p.add_argument("--data", required=True)
-    p.add_argument("--val")
-    p.add_argument("--atlas", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--similarity")
-    p.add_argument("--smoothness-weight", type=float)
-    p.add_argument("--dice-weight", type=float)
-    p.add_argument("--validate-every", type=int, default=100)
-    p.add_argument("--device")
-    p.add_argument("--init")
-    a = p.parse_args()
+    a = build_parser().parse_args(sys.argv[1:])
+    channel = contract.open_event_channel(a.events)
+    channel.emit(contract.Started("train", "fake", pid=os.getpid()))
+    stop = threading.Event()
+
+    def watch_stdin():  # what --stop-on-stdin does in the real engine
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                break
+        stop.set()
+
+    if a.stop_on_stdin:
+        threading.Thread(target=watch_stdin, daemon=True).start()
     mode = os.environ.get("FAKE_TRAIN_MODE", "ok")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,54 +70,56 @@ FAKE_TRAIN_ENGINE = textwrap.dedent(
     def save(name, step):
         (out / name).write_text(json.dumps({"step": step}))
 
-    if mode == "stubborn":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child inherits it
     if mode in ("slow", "stubborn", "leaky"):
-        # The child keeps the output pipe open (stdout), but its own KeyboardInterrupt traceback goes
-        # nowhere: on the shared stderr it could interleave with the engine's "interrupted" line.
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stderr=subprocess.DEVNULL)
+        # The child keeps the output pipe open (stdout).
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         record["child"] = child.pid
     Path(os.environ["FAKE_TRAIN_RECORD"]).write_text(json.dumps(record))
 
     rows = list(csv.DictReader(open(a.data))) if a.data.endswith(".csv") else [{"name": "x"}, {"name": "y"}]
     vals = list(csv.DictReader(open(a.val))) if a.val else []
     say(f"{len(rows)} training and {len(vals)} validation subjects; preparing them on the model grid")
-    for row in rows + vals:
+    channel.emit(contract.Stage("prepare", 0, "preparing"))
+    for index, row in enumerate(rows + vals):
         say(f"prepared {row.get('name')} in 0.1 s")
+        channel.emit(contract.Progress("prepare", index + 1, len(rows + vals), None, None, f"prepared {row.get('name')}"))
     if mode == "fail":
         say("voxelmorphreg: error: training needs at least two subjects")
+        channel.emit(contract.Error("training needs at least two subjects", 2))
         sys.exit(2)
+    channel.emit(contract.Stage("train", 0, "training"))
 
     log = (out / "log.csv").open("a", newline="")
     writer = csv.writer(log)
     writer.writerow(["step", "loss", "similarity", "smoothness", "dice_loss", "learning_rate", "seconds_per_step", "validation_dice"])
     steps = a.steps if mode in ("ok", "nobest", "leaky") else 100000
     step, best = 0, -1.0
-    try:
-        for step in range(1, steps + 1):
-            time.sleep(0.2 if mode in ("slow", "stubborn") else 0.002)
-            loss = 1.0 / step
-            val = ""
-            if a.val and step % a.validate_every == 0:
-                val = round(0.5 + step / (2 * steps), 4)
-                if val > best:
-                    best = val
-                    save("best.pt", step)
-            writer.writerow([step, f"{loss:.5f}", "0.1", "0.01", "0.0", "0.0003", "0.002", "" if val == "" else f"{val:.4f}"])
-            if step % 10 == 0 or val != "" or step == steps or mode in ("slow", "stubborn"):
-                log.flush()
-                extra = f" val_dice={val:.4f} (best {best:.4f})" if val != "" else ""
-                say(f"step {step}/{steps} loss={loss:.4f} sim=0.1000 smooth=0.0100 dice=0.0000 0.00 s/step eta {(steps - step) / 600:.0f} min{extra}")
-    except KeyboardInterrupt:
-        log.close()
-        say(f"interrupted at step {step}; saving {out / 'last.pt'} so that the same command resumes")
-        save("last.pt", step)
-        sys.exit(130)
+    for step in range(1, steps + 1):
+        if stop.is_set() and mode != "stubborn":  # the real loop: should_stop() before each step
+            say("stop requested")
+            step -= 1
+            break
+        time.sleep(0.2 if mode in ("slow", "stubborn") else 0.002)
+        loss = 1.0 / step
+        val = ""
+        if a.val and step % a.validate_every == 0:
+            val = round(0.5 + step / (2 * steps), 4)
+            if val > best:
+                best = val
+                save("best.pt", step)
+            channel.emit(contract.Validation(step, val, best, improved=best == val))
+        writer.writerow([step, f"{loss:.5f}", "0.1", "0.01", "0.0", "0.0003", "0.002", "" if val == "" else f"{val:.4f}"])
+        if step % 10 == 0 or val != "" or step == steps or mode in ("slow", "stubborn"):
+            log.flush()
+            extra = f" val_dice={val:.4f} (best {best:.4f})" if val != "" else ""
+            say(f"step {step}/{steps} loss={loss:.4f} sim=0.1000 smooth=0.0100 dice=0.0000 0.00 s/step eta {(steps - step) / 600:.0f} min{extra}")
+            channel.emit(contract.Step(step, steps, loss, 0.1, 0.01, 0.0, 0.0003, 0.002, (steps - step) * 0.1))
     log.close()
     save("last.pt", step)
     if mode != "nobest" and not (out / "best.pt").exists():
         save("best.pt", step)
     say(f"finished at step {step}; best validation Dice {best:.4f}; best model: {out}/best.pt")
+    channel.emit(contract.Done(str(out), ["best.pt", "last.pt", "log.csv"], None, {"step": step}))
     '''
 )
 
@@ -202,43 +207,46 @@ def poll_until(runner, condition, timeout=30):
 
 
 def test_command_line_is_accepted_by_the_real_parser():
-    options = tr.TrainOptions(steps=300, learning_rate=1e-4, similarity="mse", smoothness_weight=0.5, dice_weight=2.0, validate_every=25, device="cpu", init="/m/v1.pt")
+    from VoxelMorphRegLib.contract import TrainJob
+
+    options = tr.TrainOptions(steps=300, learning_rate=1e-4, similarity="mse", smoothness_weight=0.5, dice_weight=2.0, validate_every=25, device="cpu", init="/m/v1.pt", val="d/val.csv")
     prefix = ["python", "-m", "VoxelMorphRegLib.frontends.cli"]
-    command = tr.build_train_command(prefix, "d/train.csv", "d/atlas.nii.gz", "out", options, validation="d/val.csv")
+    command = tr.build_train_command(prefix, TrainJob("d/train.csv", "d/atlas.nii.gz", "out", options))
     assert command[:4] == prefix + ["train"]
     args = real_parser().parse_args(command[3:])
     assert (args.command, args.data, args.val, args.atlas, args.out) == ("train", "d/train.csv", "d/val.csv", "d/atlas.nii.gz", "out")
     assert (args.steps, args.learning_rate, args.similarity, args.smoothness_weight, args.dice_weight) == (300, 1e-4, "mse", 0.5, 2.0)
-    assert (args.validate_every, args.device, args.init) == (25, "cpu", "/m/v1.pt")
+    assert (args.validate_every, args.device, args.init, args.events, args.stop_on_stdin) == (25, "cpu", "/m/v1.pt", "-", True)
     # Defaults of the panel are the engine's defaults.
-    defaults = real_parser().parse_args(tr.build_train_command(["x"], "d", "a", "o", tr.TrainOptions())[1:])
-    plain = real_parser().parse_args(["train", "--data", "d", "--atlas", "a", "--out", "o"])
+    defaults = real_parser().parse_args(tr.build_train_command(["x"], TrainJob("d", "a", "o"))[1:])
+    plain = real_parser().parse_args(["train", "--data", "d", "--atlas", "a", "--out", "o", "--events", "-", "--stop-on-stdin"])
     assert vars(defaults) == vars(plain)
 
 
 def test_invalid_options_are_refused():
     for bad in (dict(steps=0), dict(learning_rate=0.0), dict(similarity="ncc"), dict(device="tpu"), dict(dice_weight=-1.0), dict(validate_every=0)):
         with pytest.raises(VoxelMorphRegError):
-            tr.TrainOptions(**bad).check()
+            tr.check_train_options(tr.TrainOptions(**bad))
 
 
-def test_step_lines_are_parsed():
-    # The engine's format (pipelines/train.py), with and without validation.
-    line = "step 120/2000 loss=-0.4123 sim=-0.4500 smooth=0.0300 dice=0.0100 1.25 s/step eta 39 min"
-    p = tr.parse_step_line(line)
-    assert (p.step, p.total, p.percent, p.loss, p.seconds_per_step, p.eta_minutes, p.validation_dice) == (120, 2000, 6, -0.4123, 1.25, 39.0, None)
-    p = tr.parse_step_line("step 200/2000 loss=0.1 sim=0.1 smooth=0.0 dice=0.0 1.00 s/step eta 30 min val_dice=0.7312 (best 0.7400)")
-    assert (p.validation_dice, p.best_dice) == (0.7312, 0.74)
-    assert "validation Dice 0.731 (best 0.740)" in p.describe() and "about 30 min left" in p.describe()
-    assert tr.parse_step_line("step 2000/2000 loss=0.1 sim=0.1 smooth=0.0 dice=0.0 1.00 s/step eta 0 min").percent == 100
-    assert math.isnan(tr.parse_step_line("step 5/10 loss=nan sim=0 smooth=0 dice=0 1.00 s/step eta 0 min").loss)
-    for other in ("prepared subj01 in 2.0 s", "resuming from out/last.pt at step 50", "steps 3/4", "[ 40%] stage"):
-        assert tr.parse_step_line(other) is None
+def test_progress_text_from_step_and_validation_events():
+    from VoxelMorphRegLib import contract
+
+    runner = tr.TrainingRunner("out", tr.TrainOptions(steps=2000))
+    seen = []
+    runner.progress_callback = lambda percent, text: seen.append((percent, text))
+    for event in (contract.Step(120, 2000, -0.4123, None, None, None, None, 1.25, 39 * 60.0), contract.Validation(200, 0.7312, 0.74, improved=False)):
+        runner._handle_line(contract.encode_event(event))  # as the engine writes it
+    assert (runner.step, runner.last_progress.percent, runner.last_progress.loss, runner.last_progress.seconds_per_step) == (120, 6, -0.4123, 1.25)
+    assert seen[0] == (6, "step 120/2000, loss -0.4123, about 39 min left")
+    assert "validation Dice 0.731 (best 0.740)" in seen[1][1]
+    runner._handle_line("step 5/10 loss=nan: a human line")  # kept in the log, not parsed
+    assert runner.log == ["step 5/10 loss=nan: a human line"] and runner.step == 120
 
 
 def test_log_reader_returns_only_complete_new_rows(tmp_path):
     path = tmp_path / "log.csv"
-    reader = tr.TrainingLogReader(path)
+    reader = tl.TrainingLogReader(path)
     assert reader.read_new() == []  # not there yet
     path.write_text("step,loss,similarity,smoothness,dice_loss,learning_rate,seconds_per_step,validation_dice\n1,0.5,0.4,0.1,0,0.0003,1.2,\n2,0.4")
     rows = reader.read_new()
@@ -252,53 +260,46 @@ def test_log_reader_returns_only_complete_new_rows(tmp_path):
     assert reader.read_new() == []
 
 
-def test_sigint_restoring_command_runs_the_same_code():
-    assert with_sigint_restored(["py", "-m", "pkg.mod", "train", "--x"])[:2] == ["py", "-c"]
-    assert with_sigint_restored(["py", "-m", "pkg.mod", "train", "--x"])[3:] == ["train", "--x"]
-    assert with_sigint_restored(["py", "/a/b.py", "train"])[3:] == ["train"]
-    assert with_sigint_restored(["engine", "train"]) == ["engine", "train"]
-
-
 # -- scene data ----------------------------------------------------------------------------------------
 
 
 def test_segmentations_are_paired_with_their_volumes(scene_data):
     v, segs = scene_data["volumes"], scene_data["segmentations"]
-    pairs = tr.pair_segmentations(v, [segs[2], segs[0], segs[1]])
+    pairs = te.pair_segmentations(v, [segs[2], segs[0], segs[1]])
     assert [(a.GetName(), b.GetName() if b else None) for a, b in pairs] == [("subj0", None), ("subj1", "subj1_seg"), ("subj2", "subj2 segmentation"), ("subj3", "subj3-label")]
     # The reference geometry volume wins over the name.
     renamed = make_segmentation(scene_data["scene"], v[0], "subj2_other", ["X"])
     renamed.SetReferenceImageGeometryParameterFromVolumeNode(v[0])
-    assert tr.pair_segmentations(v, [renamed])[0][1] is renamed
+    assert te.pair_segmentations(v, [renamed])[0][1] is renamed
     # A label map on exactly one volume's grid belongs to it; unknown names and doubles are refused.
     label_map = volumes.sitk_to_volume(volumes.volume_to_sitk(v[3]), scene=scene_data["scene"], name="labels of something", label=True)
-    assert tr.pair_segmentations(v, [label_map])[3][1] is label_map
+    assert te.pair_segmentations(v, [label_map])[3][1] is label_map
     stranger = make_segmentation(scene_data["scene"], v[0], "subject1 seg", ["X"])
     with pytest.raises(VoxelMorphRegError, match="subject1 seg: cannot tell"):
-        tr.pair_segmentations(v, [stranger])
+        te.pair_segmentations(v, [stranger])
     with pytest.raises(VoxelMorphRegError, match="two segmentations"):
-        tr.pair_segmentations(v, [segs[0], make_segmentation(scene_data["scene"], v[1], "subj1-label", ["X"])])
+        te.pair_segmentations(v, [segs[0], make_segmentation(scene_data["scene"], v[1], "subj1-label", ["X"])])
     # "subj1" must not take "subj10_seg".
     v10 = make_volume(scene_data["scene"], "subj10", (6, 6, 6), (1, 1, 1), (0, 0, 0), 0, 9)
-    assert tr.pair_segmentations([v[1], v10], [make_segmentation(scene_data["scene"], v10, "subj10_seg", ["X"])])[1][1] is not None
+    assert te.pair_segmentations([v[1], v10], [make_segmentation(scene_data["scene"], v10, "subj10_seg", ["X"])])[1][1] is not None
 
 
 def test_validation_holds_out_the_last_labelled_subjects(scene_data):
-    pairs = tr.pair_segmentations(scene_data["volumes"], scene_data["segmentations"])
-    train, val = tr.split_validation(pairs, 2)
+    pairs = te.pair_segmentations(scene_data["volumes"], scene_data["segmentations"])
+    train, val = te.split_validation(pairs, 2)
     assert [a.GetName() for a, _ in train] == ["subj0", "subj1"] and [a.GetName() for a, _ in val] == ["subj2", "subj3"]
-    assert tr.split_validation(pairs, 0) == (pairs, [])
+    assert te.split_validation(pairs, 0) == (pairs, [])
     with pytest.raises(VoxelMorphRegError, match="at least 2"):
-        tr.split_validation(pairs, 1)
+        te.split_validation(pairs, 1)
     with pytest.raises(VoxelMorphRegError, match="only 3"):
-        tr.split_validation(pairs, 4)
+        te.split_validation(pairs, 4)
 
 
 def test_scene_subjects_written_as_nifti_with_consistent_labels(scene_data, tmp_path):
     v = scene_data["volumes"]
-    pairs = tr.pair_segmentations(v, scene_data["segmentations"])
-    train, val = tr.split_validation(pairs, 2)
-    data = tr.write_training_data(tmp_path / "data", train, val)
+    pairs = te.pair_segmentations(v, scene_data["segmentations"])
+    train, val = te.split_validation(pairs, 2)
+    data = te.write_training_data(tmp_path / "data", train, val)
     rows = list(csv.DictReader(data.train_csv.open()))
     val_rows = list(csv.DictReader(data.validation_csv.open()))
     assert [r["name"] for r in rows] == ["subj0", "subj1"] and [r["name"] for r in val_rows] == ["subj2", "subj3"]
@@ -330,11 +331,11 @@ def test_scene_subjects_written_as_nifti_with_consistent_labels(scene_data, tmp_
     assert [box_value(val_rows[0], i) for i in range(3)] == [value["amygdala"], value["thalamus"], value["hippocampus"]]
     assert [box_value(val_rows[1], i) for i in range(2)] == [value["hippocampus"], value["thalamus"]]
     # Writing again with unchanged volumes reuses the files; a changed volume gets a new file.
-    again = tr.write_training_data(tmp_path / "data", train, val)
+    again = te.write_training_data(tmp_path / "data", train, val)
     assert list(csv.DictReader(again.train_csv.open())) == rows
     slicer.util.arrayFromVolume(v[0])[0, 0, 0] += 1.0
     v[0].GetImageData().Modified()
-    changed = list(csv.DictReader(tr.write_training_data(tmp_path / "data", train, val).train_csv.open()))
+    changed = list(csv.DictReader(te.write_training_data(tmp_path / "data", train, val).train_csv.open()))
     assert changed[0]["image"] != rows[0]["image"] and changed[1] == rows[1]
 
 
@@ -345,7 +346,7 @@ def test_label_maps_keep_their_values(scene_data, tmp_path):
     image = sitk.GetImageFromArray(array)
     image.CopyInformation(volumes.volume_to_sitk(v[0]))
     label_map = volumes.sitk_to_volume(image, scene=scene_data["scene"], name="subj0_aseg", label=True)
-    data = tr.write_training_data(tmp_path / "data", tr.pair_segmentations(v[:2], [label_map, scene_data["segmentations"][0]]))
+    data = te.write_training_data(tmp_path / "data", te.pair_segmentations(v[:2], [label_map, scene_data["segmentations"][0]]))
     rows = list(csv.DictReader(data.train_csv.open()))
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(data.folder / rows[0]["labels"])))
     assert set(np.unique(written)) == {0, 17}
@@ -358,23 +359,23 @@ def test_first_image_follows_the_engine_order(tmp_path):
     folder.mkdir()
     for name in ("b_T1.nii.gz", "a_seg.nii.gz", "a_T1.nii.gz", "notes.txt", "c.nrrd"):
         (folder / name).write_bytes(b"")
-    assert tr.first_image(folder) == folder / "a_T1.nii.gz"
+    assert te.first_image(folder) == folder / "a_T1.nii.gz"
     table = tmp_path / "list.csv"
     table.write_text("image,labels\n,only_labels.nii.gz\nimgs/x.nii.gz,\n")
-    assert tr.first_image(table) == tmp_path / "imgs" / "x.nii.gz"
+    assert te.first_image(table) == tmp_path / "imgs" / "x.nii.gz"
     try:
         from VoxelMorphRegLib.pipelines.train import sources_from  # imports torch
     except ImportError:
         return
-    assert Path(next(s.image for s in sources_from(folder) if s.image)) == tr.first_image(folder)
+    assert Path(next(s.image for s in sources_from(folder) if s.image)) == te.first_image(folder)
 
 
 # -- the runner with the fake engine ----------------------------------------------------------------------
 
 
 def test_training_from_scene_reports_progress_fills_the_plot_and_returns_best(scene_data, fake):
-    pairs = tr.pair_segmentations(scene_data["volumes"], scene_data["segmentations"])
-    train, val = tr.split_validation(pairs, 2)
+    pairs = te.pair_segmentations(scene_data["volumes"], scene_data["segmentations"])
+    train, val = te.split_validation(pairs, 2)
     plot = TrainingPlot(scene_data["scene"])
     progress, finished = [], []
     runner = tr.TrainingRunner(
@@ -421,11 +422,11 @@ def test_training_from_a_folder_uses_its_first_image_as_atlas(fake, tmp_path):
         tr.TrainingRunner(tmp_path / "o2", data=tmp_path / "nothing", engine_prefix=fake["prefix"]).start()
 
 
-@pytest.mark.skipif(os.name == "nt", reason="process groups and SIGINT")
-def test_stop_interrupts_the_engine_which_saves_last_and_leaves_no_process(scene_data, fake, monkeypatch):
+@pytest.mark.skipif(os.name == "nt", reason="process groups")
+def test_stop_asks_the_engine_which_saves_last_and_leaves_no_process(scene_data, fake, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_MODE", "slow")
     finished = []
-    runner = tr.TrainingRunner(fake["out"], tr.TrainOptions(steps=1000), subjects=tr.pair_segmentations(scene_data["volumes"][:2]),
+    runner = tr.TrainingRunner(fake["out"], tr.TrainOptions(steps=1000), subjects=te.pair_segmentations(scene_data["volumes"][:2]),
                                engine_prefix=fake["prefix"], finished_callback=finished.append).start()
     poll_until(runner, lambda: runner.step >= 3 and fake["record"].exists())
     pids = json.loads(fake["record"].read_text())
@@ -434,18 +435,19 @@ def test_stop_interrupts_the_engine_which_saves_last_and_leaves_no_process(scene
     runner.stop()  # returns at once; poll() finishes the job
     assert time.monotonic() - started < 1 and runner.stopping
     poll_until(runner, lambda: runner.finished, timeout=15)
-    assert runner.state == "stopped" and finished == [runner] and runner.returncode == 130
-    assert runner.checkpoint == fake["out"] / "last.pt"  # no validation: no best.pt
-    assert json.loads(runner.checkpoint.read_text())["step"] >= 3
-    assert any(line.startswith("interrupted at step") for line in runner.log)
+    assert runner.state == "stopped" and finished == [runner] and runner.returncode == 0
+    assert "stop requested" in runner.log and not any("killed" in line for line in runner.log)
+    # No validation: the engine writes the last model as best.pt too; both hold the step it stopped at.
+    assert runner.checkpoint == fake["out"] / "best.pt"
+    assert json.loads((fake["out"] / "last.pt").read_text())["step"] >= 3
     time.sleep(0.2)
     assert not _alive(pids["pid"]) and not _alive(pids["child"])
 
 
-@pytest.mark.skipif(os.name == "nt", reason="process groups and SIGINT")
-def test_stop_kills_an_engine_that_ignores_the_interrupt(scene_data, fake, monkeypatch):
+@pytest.mark.skipif(os.name == "nt", reason="process groups")
+def test_stop_kills_an_engine_that_ignores_the_request(scene_data, fake, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_MODE", "stubborn")
-    runner = tr.TrainingRunner(fake["out"], subjects=tr.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"], stop_timeout_s=1.0).start()
+    runner = tr.TrainingRunner(fake["out"], subjects=te.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"], stop_timeout_s=1.0).start()
     poll_until(runner, lambda: runner.step >= 1 and fake["record"].exists())
     pids = json.loads(fake["record"].read_text())
     started = time.monotonic()
@@ -458,25 +460,19 @@ def test_stop_kills_an_engine_that_ignores_the_interrupt(scene_data, fake, monke
     assert not _alive(pids["pid"]) and not _alive(pids["child"])
 
 
-@pytest.mark.skipif(os.name == "nt", reason="process groups and SIGINT")
-def test_stop_saves_last_even_when_sigint_is_ignored_here(scene_data, fake, monkeypatch):
-    """A process started with SIGINT ignored (e.g. by a non-interactive shell's '&') passes that on;
-    the engine is then started so that SIGINT still becomes KeyboardInterrupt."""
-    monkeypatch.setenv("FAKE_TRAIN_MODE", "slow")
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        runner = tr.TrainingRunner(fake["out"], subjects=tr.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"], stop_timeout_s=10).start()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    poll_until(runner, lambda: runner.step >= 2)
-    runner.stop(wait=True)
-    assert runner.returncode == 130 and runner.checkpoint == fake["out"] / "last.pt"
+@pytest.mark.skipif(os.name == "nt", reason="process groups")
+def test_stop_before_the_first_step_kills_at_once(scene_data, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_MODE", "stubborn")
+    runner = tr.TrainingRunner(fake["out"], subjects=te.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"], stop_timeout_s=30).start()
+    runner.stop()  # still preparing: nothing to save, no reason to wait
+    poll_until(runner, lambda: runner.finished, timeout=10)
+    assert runner.state == "stopped" and runner.returncode == -signal.SIGKILL and runner.checkpoint is None
 
 
 @pytest.mark.skipif(os.name == "nt", reason="process groups")
 def test_a_finished_engine_leaves_no_process_behind(scene_data, fake, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_MODE", "leaky")
-    runner = tr.TrainingRunner(fake["out"], tr.TrainOptions(steps=3), subjects=tr.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"])
+    runner = tr.TrainingRunner(fake["out"], tr.TrainOptions(steps=3), subjects=te.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"])
     started = time.monotonic()
     assert runner.wait(timeout=60) == fake["out"] / "best.pt"
     assert time.monotonic() - started < 10  # the child holding the output pipe did not keep the run open
@@ -486,7 +482,7 @@ def test_a_finished_engine_leaves_no_process_behind(scene_data, fake, monkeypatc
 
 def test_engine_error_is_reported(scene_data, fake, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_MODE", "fail")
-    runner = tr.TrainingRunner(fake["out"], subjects=tr.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"])
+    runner = tr.TrainingRunner(fake["out"], subjects=te.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"])
     with pytest.raises(VoxelMorphRegError) as info:
         runner.wait(timeout=60)
     assert str(info.value) == "training needs at least two subjects" and runner.state == "failed" and runner.checkpoint is None
@@ -494,7 +490,7 @@ def test_engine_error_is_reported(scene_data, fake, monkeypatch):
 
 def test_success_without_best_checkpoint_is_a_failure(scene_data, fake, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_MODE", "nobest")
-    runner = tr.TrainingRunner(fake["out"], tr.TrainOptions(steps=3), subjects=tr.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"])
+    runner = tr.TrainingRunner(fake["out"], tr.TrainOptions(steps=3), subjects=te.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=fake["prefix"])
     with pytest.raises(VoxelMorphRegError, match="without writing .*best.pt"):
         runner.wait(timeout=60)
 
@@ -513,10 +509,23 @@ def test_invalid_inputs_are_refused_before_starting(scene_data, fake):
     assert not fake["record"].exists()  # the engine never started
 
 
-@pytest.mark.skipif(os.name == "nt", reason="SIGINT")
-def test_real_engine_stopped_by_the_runner_saves_a_loadable_checkpoint(tmp_path):
-    """The real ``voxelmorphreg train`` on four tiny labelled blobs (two for validation), on the CPU:
-    its step lines and log.csv are understood, and Stop makes it save last.pt (and exit 130)."""
+# A stand-in for Slicer's PythonSlicer launcher (CTKAppLauncher): it runs the real interpreter as a
+# child that shares its standard input, output and process group, waits for it, and -- having no
+# SIGINT handler -- dies at once on SIGINT, leaving the engine behind.
+STAND_IN_LAUNCHER = textwrap.dedent(
+    r"""
+    import os, signal, subprocess, sys
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    child = subprocess.Popen(sys.argv[1:])
+    with open(os.environ["LAUNCHER_RECORD"], "w") as record:
+        record.write(str(child.pid))
+    sys.exit(child.wait())
+    """
+)
+
+
+def _real_engine_runner(tmp_path, monkeypatch):
+    """A training runner for the real ``voxelmorphreg train`` behind the stand-in launcher: four tiny labelled blobs, two for validation, CPU."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("monai") is None:
@@ -528,20 +537,75 @@ def test_real_engine_stopped_by_the_runner_saves_a_loadable_checkpoint(tmp_path)
     for i in range(4):
         image = blob_volume(size=(32, 30, 28), spacing=(1.5, 1.5, 1.5), origin=(i * 1.0, -i * 0.5, 0.0), seed=i)
         pairs.append((volumes.sitk_to_volume(image, scene=scene, name=f"s{i}"), volumes.sitk_to_volume(blob_labels(image), scene=scene, name=f"s{i}_seg", label=True)))
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(STAND_IN_LAUNCHER)
+    monkeypatch.setenv("LAUNCHER_RECORD", str(tmp_path / "engine.pid"))
+    prefix = [sys.executable, str(launcher)] + tr.default_engine_prefix(sys.executable)
     plot = TrainingPlot(scene)
-    out = tmp_path / "model"
-    runner = tr.TrainingRunner(out, tr.TrainOptions(steps=1000, validate_every=2, device="cpu"), subjects=pairs[:2], validation_subjects=pairs[2:], rows_callback=plot.add_rows)
-    runner.start()
-    try:
-        poll_until(runner, lambda: runner.step >= 2 or runner.finished, timeout=240)
-    finally:
-        runner.stop(wait=True)
+    runner = tr.TrainingRunner(tmp_path / "model", tr.TrainOptions(steps=1000, validate_every=2, device="cpu"), subjects=pairs[:2], validation_subjects=pairs[2:],
+                               engine_prefix=prefix, rows_callback=plot.add_rows)
+    return runner, plot, tmp_path / "engine.pid"
+
+
+def _check_stopped_run(runner, plot):
+    from VoxelMorphRegLib.checkpoint import load_checkpoint
+
+    out = runner.out
     assert runner.state == "stopped", runner.error + "\n" + "\n".join(runner.log[-20:])
-    assert runner.returncode == 130 and any(line.startswith("interrupted at step") for line in runner.log)
+    assert not any("killed" in line for line in runner.log), "\n".join(runner.log[-20:])
     assert (out / "last.pt").exists() and runner.checkpoint == out / "best.pt"  # validated at step 2
     assert plot.number_of_rows == len(runner.rows) >= 2 and plot.validation_table.GetTable().GetNumberOfRows() >= 1
     assert 0.0 <= runner.rows[1].validation_dice <= 1.0
-    from VoxelMorphRegLib.checkpoint import load_checkpoint
+    _, config, payload = load_checkpoint(out / "last.pt")  # complete, not cut off by a kill
+    assert payload["step"] == runner.rows[-1].step
 
-    _, config, payload = load_checkpoint(out / "last.pt")
-    assert payload["step"] == runner.step
+
+def _kill_launcher_and_check_the_engine_goes_on(runner, pid_file):
+    os.kill(runner.process.pid, signal.SIGINT)  # the launcher only
+    engine_pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while runner.process.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner.process.process.returncode == -signal.SIGINT
+    for _ in range(10):
+        assert not runner.poll() and _alive(engine_pid)  # the engine is still training
+        time.sleep(0.05)
+    return engine_pid
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups")
+@pytest.mark.parametrize("waitid", [True, False], ids=["waitid", "no-waitid"])
+def test_engine_behind_a_launcher_that_died_is_waited_for(scene_data, fake, monkeypatch, tmp_path, waitid):
+    """The fake engine behind the stand-in launcher, with and without ``os.waitid`` (macOS has none)."""
+    if not waitid:
+        monkeypatch.delattr(os, "waitid", raising=False)
+    monkeypatch.setenv("FAKE_TRAIN_MODE", "slow")
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(STAND_IN_LAUNCHER)
+    monkeypatch.setenv("LAUNCHER_RECORD", str(tmp_path / "engine.pid"))
+    runner = tr.TrainingRunner(fake["out"], subjects=te.pair_segmentations(scene_data["volumes"][:2]), engine_prefix=[sys.executable, str(launcher)] + fake["prefix"]).start()
+    poll_until(runner, lambda: runner.step >= 2)
+    engine_pid = _kill_launcher_and_check_the_engine_goes_on(runner, tmp_path / "engine.pid")
+    runner.stop()
+    poll_until(runner, lambda: runner.finished, timeout=15)
+    assert runner.state == "stopped" and "stop requested" in runner.log and runner.process.waited_for_orphans
+    assert json.loads((fake["out"] / "last.pt").read_text())["step"] >= 2
+    time.sleep(0.2)
+    assert not _alive(engine_pid)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups")
+def test_real_engine_behind_a_launcher_that_died_is_waited_for_and_stops_cleanly(tmp_path, monkeypatch):
+    """The launcher dies on SIGINT (as PythonSlicer does); the real engine goes on. The runner waits for
+    the engine, not the launcher, and Stop still reaches it (standard input): it saves a loadable last.pt."""
+    runner, plot, pid_file = _real_engine_runner(tmp_path, monkeypatch)
+    runner.start()
+    try:
+        poll_until(runner, lambda: runner.step >= 2 or runner.finished, timeout=240)
+        engine_pid = _kill_launcher_and_check_the_engine_goes_on(runner, pid_file)
+    finally:
+        runner.stop(wait=True)
+    _check_stopped_run(runner, plot)
+    assert runner.process.waited_for_orphans and runner.process.engine_pid == engine_pid  # from the real engine's "started" event
+    time.sleep(0.2)
+    assert not _alive(engine_pid)

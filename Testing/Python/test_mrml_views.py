@@ -83,3 +83,26 @@ def test_fit_accepts_a_vtk_collection(layout):
         collection.AddItem(logic)
     assert views.fit_slice_views(collection) == 3
     assert views.fit_slice_views(None) == 0
+
+
+class _SliceLogicOf56:
+    """A slice logic as Slicer 5.6 wraps it: FitSliceToBackground(int width, int height) has no defaults
+    (they came in 5.8.0); FitSliceToAll(int width=-1, int height=-1) has them."""
+
+    def __init__(self, logic):
+        self._logic = logic
+
+    def FitSliceToBackground(self, width, height):
+        self._logic.FitSliceToBackground(width, height)
+
+    def FitSliceToAll(self, width=-1, height=-1):
+        self._logic.FitSliceToAll(width, height)
+
+    def GetSliceNode(self):
+        return self._logic.GetSliceNode()
+
+
+def test_fit_works_with_the_slice_logic_of_slicer_5_6(layout):
+    scene, logics, fixed, warped, segmentation, _ = layout
+    views.show_registration(scene, fixed, warped, segmentation, slice_logics=[_SliceLogicOf56(logic) for logic in logics])
+    assert max(logics[0].GetSliceNode().GetFieldOfView()[:2]) == pytest.approx(120.0)

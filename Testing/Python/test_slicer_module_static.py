@@ -28,7 +28,13 @@ EXPECTED_CLASSES = {
     "deviceStatusLabel": "QLabel",
     "affineCheckBox": "QCheckBox",
     "refineIterationsSpinBox": "QSpinBox",
+    "refineIterationsDefaultCheckBox": "QCheckBox",
     "integrationStepsSpinBox": "QSpinBox",
+    "integrationStepsDefaultCheckBox": "QCheckBox",
+    "refineSmoothnessSpinBox": "QDoubleSpinBox",
+    "refineSmoothnessDefaultCheckBox": "QCheckBox",
+    "refineLearningRateSpinBox": "QDoubleSpinBox",
+    "refineLearningRateDefaultCheckBox": "QCheckBox",
     "outputVolumeSelector": "qMRMLNodeComboBox",
     "outputTransformSelector": "qMRMLNodeComboBox",
     "inverseTransformCheckBox": "QCheckBox",
@@ -250,3 +256,47 @@ def test_module_script_never_imports_torch():
             assert all(a.name.split(".")[0] not in ("torch", "monai") for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             assert node.module.split(".")[0] not in ("torch", "monai")
+
+
+# -- settings and selectors that the issue-12 review found wrong ---------------------------------------
+
+
+def _widget_properties(name):
+    tree, _, _ = ui_widgets()
+    widget = next(w for w in tree.iter("widget") if w.get("name") == name)
+    return {p.get("name"): [t.strip() for t in p.itertext() if t.strip()] for p in widget.findall("property")}
+
+
+def test_model_default_settings_are_none_not_a_sentinel():
+    """Each "model default" setting: a check box and a spin box of real values, bound by hand to an Optional parameter (None = the model's)."""
+    tree = ast.parse(module_source())
+    assigned = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "OPTIONAL_SETTINGS")
+    settings = ast.literal_eval(assigned.value)
+    assert {name for name, _, _ in settings} == {"refineIterations", "integrationSteps", "refineSmoothness", "refineLearningRate"}
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "VoxelMorphRegParameterNode")
+    fields = {item.target.id: item for item in cls.body if isinstance(item, ast.AnnAssign)}
+    _, widgets, parameters = ui_widgets()
+    for name, spin_box, check_box in settings:
+        assert ast.unparse(fields[name].annotation).startswith("Optional[") and ast.unparse(fields[name].value) == "None", name
+        assert widgets[check_box] == "QCheckBox" and widgets[spin_box] in ("QSpinBox", "QDoubleSpinBox")
+        assert name not in parameters  # no automatic connector: the panel keeps None <-> "model default"
+        properties = _widget_properties(spin_box)
+        assert "specialValueText" not in properties and float(properties["minimum"][0]) >= 0, spin_box
+    iterations = _widget_properties("refineIterationsSpinBox")
+    assert iterations["minimum"] == ["0"] and iterations["singleStep"] == ["50"]  # 0, 50, 100... not 49, 99
+
+
+def test_output_transform_selectors_offer_grid_transforms_only():
+    for name in ("outputTransformSelector", "outputInverseTransformSelector"):
+        properties = _widget_properties(name)
+        assert properties["nodeTypes"] == ["vtkMRMLGridTransformNode"] and properties["showChildNodeTypes"] == ["false"], name
+    kinds = {item.target.id: ast.unparse(item.annotation) for item in ast.walk(ast.parse(module_source())) if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+    assert kinds["outputTransform"] == kinds["outputInverseTransform"] == "vtkMRMLGridTransformNode"
+
+
+def test_fixed_and_moving_selectors_do_not_both_take_the_first_volume():
+    """A combo box without "None" selects the first node added, so both would show the first volume loaded;
+    the panel picks fixed, then moving, itself (VoxelMorphRegWidget.onNodeAdded)."""
+    for name in ("fixedVolumeSelector", "movingVolumeSelector"):
+        assert _widget_properties(name)["noneEnabled"] == ["true"], name
+    assert "def onNodeAdded(self, caller, event, node)" in module_source()

@@ -10,14 +10,17 @@ One concept per module:
 * ``tables``          -- metrics.json -> table node (Dice per segment, folding, runtime).
 * ``outputs``         -- reading the engine's output folder and putting it into nodes at the end.
 * ``engine_process``  -- an engine command in its own process group: output read line by line on a
-                         thread, interrupt (SIGINT to the group), kill the whole tree, no process
-                         left behind.
+                         thread, stop asked on its standard input, kill the whole tree, the engine (not
+                         a launcher in front of it) waited for, no process left behind.
+* ``engine_job``      -- what both runners keep: state, progress, log, the engine's events
+                         (``VoxelMorphRegLib.contract``) and the callbacks told of them.
 * ``runner``          -- the Qt-free registration runner: temp folder, engine process, progress,
-                         cancel, import on success only; ``EngineJob``, the state, progress and log
-                         both runners keep.
-* ``training_runner`` -- the Qt-free training runner: training data from the scene or a folder,
-                         ``voxelmorphreg train`` in the background, step progress, ``log.csv``
-                         rows, stop (the engine saves ``last.pt``), the checkpoint at the end.
+                         cancel, import on success only.
+* ``training_runner`` -- the Qt-free training runner: ``voxelmorphreg train`` in the background,
+                         step progress from its events, stop (the engine saves ``last.pt``), the
+                         checkpoint at the end.
+* ``training_export`` -- scene volumes and segmentations -> the training files and CSVs the engine reads.
+* ``training_log``    -- the engine's ``log.csv`` read row by row as it grows.
 * ``training_plot``   -- the training curves: ``log.csv`` rows -> table nodes -> plot series -> a
                          plot chart.
 * ``views``           -- slice view setup (fixed background, warped foreground, outlines).

@@ -3,19 +3,29 @@
 :class:`EngineProcess` is what a long-running engine job needs from the operating system:
 
 * the command runs in a new process group (a new session on POSIX), so that everything it
-  starts can be signalled or killed together, and never gets the terminal's Ctrl-C;
+  starts can be killed together, and never gets the terminal's Ctrl-C;
 * stdout and stderr are merged and read on a daemon thread; :meth:`EngineProcess.read_lines`
   hands over the complete lines received so far, never blocking;
-* :meth:`EngineProcess.interrupt` sends SIGINT to the whole group (the engine turns it into
-  ``KeyboardInterrupt``: a training saves ``last.pt``); :meth:`EngineProcess.kill` kills the
-  whole tree at once (:func:`kill_tree`: the process group on POSIX, ``taskkill /T`` on Windows);
-* when the process has ended, members of its group that are still alive are killed before the
-  process is reaped (while its zombie still holds the group id, so the id cannot have been
-  reused), so a finished job never leaves a stray process behind.
+* its standard input is a pipe: :meth:`EngineProcess.request_stop` writes ``stop`` there, which
+  the engine (started with ``--stop-on-stdin``) reads itself -- a training then saves
+  ``last.pt`` and exits. No signal is involved: inside a Slicer install the command is
+  ``PythonSlicer``, a launcher (CTKAppLauncher) that runs ``python-real`` as a child, passes its
+  standard input on, and dies at once on SIGINT. If this process ends, the pipe closes and the
+  engine stops too (it never outlives the application for long);
+* :meth:`EngineProcess.kill` kills the whole tree at once (:func:`kill_tree`: the process group on
+  POSIX, ``taskkill /T`` on Windows);
+* the job is over when the *engine* is, not the launcher: a launcher that ended by a signal
+  while the rest of its group still runs (the engine saving ``last.pt``) is followed by waiting
+  for the engine (:attr:`EngineProcess.engine_pid`, which the runner learns from the engine's
+  ``started`` event; without it, for the group to empty), up to
+  :attr:`EngineProcess.orphan_timeout_s`. After a normal end,
+  members of the group still alive are strays: they are killed (before the process is reaped
+  where ``os.waitid`` can tell, so the group id cannot have been reused; on macOS, which has no
+  ``os.waitid``, after reaping, while the surviving members keep the id from reuse).
 
 Both runners use it: the registration runner (:mod:`.runner`, cancel = :meth:`~EngineProcess.kill`)
-and the training runner (:mod:`.training_runner`, stop = :meth:`~EngineProcess.interrupt`, then
-:meth:`~EngineProcess.kill`).
+and the training runner (:mod:`.training_runner`, stop = :meth:`~EngineProcess.request_stop`,
+then :meth:`~EngineProcess.kill` if the engine does not end in time).
 """
 
 from __future__ import annotations
@@ -30,19 +40,25 @@ import time
 # After the process ended, how long to wait for the end of its output (a process outside the
 # group could hold the pipe open; its output is then given up).
 OUTPUT_GRACE_S = 5.0
+# How long to wait for the rest of the group after the launcher was ended by a signal.
+ORPHAN_TIMEOUT_S = 120.0
+STOP_LINE = b"stop\n"
 
 
-def _popen_group_options() -> dict:
+def popen_group_options() -> dict:
+    """Popen options that start the command in a new process group (a new session on POSIX)."""
     if os.name == "nt":
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
     return {"start_new_session": True}
 
 
 def kill_tree(process: subprocess.Popen) -> None:
-    """Kill the process and every process it started, at once."""
-    if process.poll() is not None:
+    """Kill the process and every process it started, at once (the process must not be reaped yet)."""
+    if process.returncode is not None:
         return
     if os.name == "nt":
+        if process.poll() is not None:
+            return
         subprocess.run(
             ["taskkill", "/F", "/T", "/PID", str(process.pid)],
             stdout=subprocess.DEVNULL,
@@ -51,9 +67,10 @@ def kill_tree(process: subprocess.Popen) -> None:
             check=False,
         )
     else:
+        # An exited but unreaped leader still holds the group id: the group can be killed safely.
         try:
             os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+        except (ProcessLookupError, PermissionError, OSError):
             pass
     if process.poll() is None:
         try:
@@ -62,65 +79,71 @@ def kill_tree(process: subprocess.Popen) -> None:
             pass
 
 
-def sigint_ignored() -> bool:
-    """Whether SIGINT is ignored in this process (POSIX); a child started now would inherit that."""
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group ``pgid`` still exists (POSIX; ``False`` elsewhere)."""
     if os.name == "nt":
         return False
     try:
-        return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    except (ValueError, AttributeError):
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:  # a member we may not signal: it exists
+        return True
+    except OSError:
+        return False
+    return True
 
 
-_RESTORE_SIGINT = "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (POSIX)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # Linux: a zombie nobody has reaped yet has ended
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
-def with_sigint_restored(command: list[str]) -> list[str]:
-    """The same command, made to turn SIGINT into ``KeyboardInterrupt`` even if SIGINT is ignored here.
-
-    A process that starts with SIGINT ignored (e.g. launched in the background by a
-    non-interactive shell) passes that on to its children, and Python then never raises
-    ``KeyboardInterrupt``. ``PYTHON -m MODULE ARGS`` and ``PYTHON SCRIPT.py ARGS`` become
-    ``PYTHON -c <restore SIGINT, run MODULE/SCRIPT as __main__> ARGS``, which runs the same
-    code with the same ``sys.argv[1:]``; other commands are returned unchanged.
-    """
-    command = [str(part) for part in command]
-    if len(command) >= 3 and command[1] == "-m":
-        code = _RESTORE_SIGINT + f"runpy.run_module({command[2]!r}, run_name='__main__', alter_sys=True)"
-        return [command[0], "-c", code] + command[3:]
-    if len(command) >= 2 and command[1].endswith(".py"):
-        code = _RESTORE_SIGINT + f"sys.argv[0] = {command[1]!r}; runpy.run_path({command[1]!r}, run_name='__main__')"
-        return [command[0], "-c", code] + command[2:]
-    return command
-
-
-def _exited_unreaped(pid: int):
-    """``True`` if the child ``pid`` has exited and is not reaped yet, ``False`` if it runs, ``None`` if unknown."""
+def _exit_state(pid: int):
+    """How the unreaped child ``pid`` stands: ``"running"``, ``"exited"``, ``"signalled"``, or ``None`` if unknown."""
     if os.name == "nt" or not hasattr(os, "waitid") or not hasattr(os, "WNOWAIT"):
         return None
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
+    except (ChildProcessError, OSError):
         return None
-    except OSError:
-        return None
-    return info is not None
+    if info is None:
+        return "running"
+    return "exited" if info.si_code == getattr(os, "CLD_EXITED", 1) else "signalled"
 
 
 class EngineProcess:
-    """One engine command: start, read its lines, interrupt or kill its whole tree, get its exit code."""
+    """One engine command: start, read its lines, ask it to stop, kill its whole tree, get its exit code."""
 
-    def __init__(self, command, cwd=None, env=None):
+    def __init__(self, command, cwd=None, env=None, orphan_timeout_s: float = ORPHAN_TIMEOUT_S):
         self.command = [str(part) for part in command]
         self.cwd = None if cwd is None else str(cwd)
         self.env = env
+        self.orphan_timeout_s = float(orphan_timeout_s)
+        # The engine's own process id, once it has said it (contract.Started): behind a launcher it is
+        # not this process's. Known, it is what is waited for when the launcher ends by a signal.
+        self.engine_pid: int | None = None
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None
-        self.interrupted = False
+        self.stop_requested = False
         self.killed = False
+        self.waited_for_orphans = False  # the launcher ended by a signal and the engine was waited for
         self._lines: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None
         self._ended_at: float | None = None
+        self._leader_signalled = False
 
     @property
     def pid(self) -> int | None:
@@ -132,15 +155,14 @@ class EngineProcess:
 
     def start(self) -> "EngineProcess":
         """Start the command (raises ``OSError`` when it cannot be started)."""
-        command = with_sigint_restored(self.command) if sigint_ignored() else self.command
         self.process = subprocess.Popen(
-            command,
+            self.command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             cwd=self.cwd,
             env=self.env,
-            **_popen_group_options(),
+            **popen_group_options(),
         )
         self._reader = threading.Thread(target=self._read_output, name="VoxelMorphReg engine output", daemon=True)
         self._reader.start()
@@ -177,26 +199,61 @@ class EngineProcess:
             except queue.Empty:
                 return lines
 
-    def poll(self) -> int | None:
-        """The exit code once the process has ended and its output has been read, else ``None``.
+    def _close_stdin(self) -> None:
+        stdin = self.process.stdin if self.process is not None else None
+        if stdin is not None and not stdin.closed:
+            try:
+                stdin.close()
+            except OSError:
+                pass
 
-        On POSIX, members of the process group still alive when the process has ended are
-        killed first (they would otherwise outlive the job).
+    def request_stop(self) -> bool:
+        """Write ``stop`` to the engine's standard input (then close it). ``False`` if it has ended or the pipe is gone."""
+        if self.process is None or self.returncode is not None:
+            return False
+        self.stop_requested = True
+        stdin = self.process.stdin
+        if stdin is None or stdin.closed:
+            return False
+        try:
+            stdin.write(STOP_LINE)
+            stdin.flush()
+            written = True
+        except (OSError, ValueError):  # broken pipe: nobody reads it any more
+            written = False
+        self._close_stdin()
+        return written
+
+    def poll(self) -> int | None:
+        """The exit code once the engine (the process and its group) has ended and its output is read, else ``None``.
+
+        See the module docstring for how a launcher ended by a signal and stray processes are handled.
         """
         if self.process is None or self.returncode is not None:
             return self.returncode
         if self.process.returncode is None:
-            exited = _exited_unreaped(self.process.pid)
-            if exited is False:
+            state = _exit_state(self.process.pid)
+            if state == "running":
                 return None
-            if exited:
-                self._kill_group()
+            if state == "exited":
+                self._kill_group()  # strays, while the unreaped leader holds the group id
             if self.process.poll() is None:
                 return None
         if self._ended_at is None:
             self._ended_at = time.monotonic()
+            self._leader_signalled = os.name != "nt" and self.process.returncode < 0
+        if os.name != "nt" and group_alive(self.process.pid):
+            # Reaped leader, living members: the group id stays theirs until the last one ends.
+            if self._leader_signalled and not self.killed and time.monotonic() - self._ended_at < self.orphan_timeout_s:
+                engine_alive = pid_alive(self.engine_pid) if self.engine_pid else True
+                if engine_alive:
+                    self.waited_for_orphans = True
+                    return None  # the launcher is gone, the engine is still finishing (e.g. saving last.pt)
+            self._kill_group()  # strays (or an engine that took too long)
+            self._ended_at = time.monotonic()  # give the output of the killed ones its grace too
         if self._reader is not None and self._reader.is_alive() and time.monotonic() - self._ended_at < OUTPUT_GRACE_S:
             return None
+        self._close_stdin()
         self.returncode = self.process.returncode
         return self.returncode
 
@@ -208,25 +265,15 @@ class EngineProcess:
         except (ProcessLookupError, PermissionError, OSError):
             pass
 
-    def interrupt(self) -> bool:
-        """Send SIGINT to the whole process group (POSIX). ``False`` where that is not possible (Windows)."""
-        if self.process is None or self.process.poll() is not None:
-            return False
-        if os.name == "nt":
-            return False
-        try:
-            os.killpg(self.process.pid, signal.SIGINT)
-        except (ProcessLookupError, PermissionError, OSError):
-            return False
-        self.interrupted = True
-        return True
-
     def kill(self) -> None:
         """Kill the process and everything it started, at once."""
         if self.process is None:
             return
         self.killed = True
-        kill_tree(self.process)
+        if self.process.returncode is None:
+            kill_tree(self.process)
+        else:
+            self._kill_group()  # the leader is reaped: what is left of its group
 
     def wait(self, timeout: float | None = None, interval: float = 0.02) -> int | None:
         """Block until :meth:`poll` returns the exit code (or ``timeout`` seconds have passed)."""
@@ -236,4 +283,3 @@ class EngineProcess:
                 return None
             time.sleep(interval)
         return self.returncode
-

@@ -19,19 +19,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..contract import DISPLACEMENT, INVERSE_DISPLACEMENT, JACOBIAN, METRICS, WARPED, WARPED_LABELS  # the engine's output names
 from ..errors import VoxelMorphRegError
 from .segmentations import LabelInfo, new_segmentation_from_labels
 from .tables import new_metrics_table, read_metrics
 from .transforms import grid_transform_node_from_displacement, read_displacement
 from .volumes import same_geometry, sitk_to_volume
 
-WARPED = "warped.nii.gz"
-WARPED_LABELS = "warped_labels.nii.gz"
-DISPLACEMENT = "displacement.nii.gz"
-INVERSE_DISPLACEMENT = "inverse_displacement.nii.gz"
-JACOBIAN = "jacobian.nii.gz"
-METRICS = "metrics.json"
-QC = "qc.png"
 
 # Output keys, in the order they are added to the scene.
 OUTPUT_KEYS = ("warped_volume", "transform", "inverse_transform", "segmentation", "jacobian", "table")

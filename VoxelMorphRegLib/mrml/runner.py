@@ -4,96 +4,52 @@ Sequence:
 
 1. :meth:`RegistrationRunner.start` writes the inputs into a new temporary folder (volumes as
    NRRD with their world geometry; segmentations as label maps on their volume's grid), then
-   starts ``python -m VoxelMorphRegLib.frontends.cli register ...`` in its own process group
-   (:class:`.engine_process.EngineProcess`).
+   starts ``python -m VoxelMorphRegLib.frontends.cli register ... --events - --stop-on-stdin``
+   in its own process group (:class:`.engine_process.EngineProcess`). The command line is the
+   contract's (:func:`VoxelMorphRegLib.contract.command_line` of a
+   :class:`~VoxelMorphRegLib.contract.RegisterJob`): the bridge keeps no copy of the engine's options.
 2. :meth:`RegistrationRunner.poll` (called by a timer in the GUI) or :meth:`RegistrationRunner.wait`
-   (blocking, console use) reads the engine's output lines, follows the ``[ NN%] stage`` progress
-   lines and, once the process has ended, imports the outputs -- only on success, all at once
-   (see :mod:`.outputs`) -- and removes the temporary folder.
+   (blocking, console use) reads the engine's events (``stage`` and ``progress`` drive the
+   progress bar; ``error`` is the message of a failed run) and, once the process has ended, imports
+   the outputs -- only on success, all at once (see :mod:`.outputs`) -- and removes the temporary folder.
 3. :meth:`RegistrationRunner.cancel` kills the whole process tree at once (process group on
    POSIX, ``taskkill /T`` on Windows), imports nothing and removes the temporary folder.
 
-A failed or cancelled run therefore leaves the scene exactly as it was.
-
-:class:`EngineJob` is what this runner and the training runner (:mod:`.training_runner`) share:
-state, progress, log and their callbacks.
+A failed or cancelled run therefore leaves the scene exactly as it was. A callback that raises
+(e.g. while showing the result) is logged and kept in ``callback_error``; the run still ends.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 
+from ..contract import Interrupted, Progress, RegisterJob, RegisterOptions, Stage, command_line
 from ..errors import CancelledError, VoxelMorphRegError
 from . import environment
+from .engine_job import CANCELLED, FAILED, IDLE, RUNNING, SUCCEEDED, EngineJob
 from .engine_process import EngineProcess
 from .outputs import ImportPlan, OutputTargets, RegistrationResult, commit_outputs, stage_outputs
 from .segmentations import is_label_map, labels_image, labels_to_array, match_fixed_labels, remap
 from .volumes import ijk_to_ras, volume_size, volume_to_sitk
 
-PROGRESS_LINE = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
-ERROR_PREFIX = "voxelmorphreg: error:"
-
-IDLE, RUNNING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "succeeded", "failed", "cancelled"
+FRONT_END_FLAGS = ["--events", "-", "--stop-on-stdin"]  # events on stdout; stop (and stop when we go away) on stdin
 
 
-@dataclass
-class RegistrationOptions:
-    """Engine settings (see ``voxelmorphreg register --help``) and which optional outputs to import."""
-
-    model: str | None = None  # model file, "bundled" (None means bundled) or "none"
-    device: str = "auto"  # auto, cpu or cuda
-    affine: bool = True
-    refine_iterations: int | None = None  # None or < 0: the model's own default
-    refine_smoothness: float | None = None  # None: the model's own default
-    integration_steps: int | None = None  # None or 0: the model's own
-    qc: bool = False
-    inverse_transform: bool = False
-    jacobian: bool = True
-    table: bool = True
+def default_register_options() -> RegisterOptions:
+    """The engine's settings as the module uses them by default: the contract's, without the QC figure."""
+    return RegisterOptions(qc=False)
 
 
-def parse_progress(line: str):
-    """``(percent, stage)`` for a progress line, else ``None``."""
-    match = PROGRESS_LINE.match(line.strip())
-    if not match:
-        return None
-    return min(100, int(match.group(1))), match.group(2).strip()
-
-
-def parse_error(line: str) -> str | None:
-    """The message of an engine error line, else ``None``."""
-    line = line.strip()
-    return line[len(ERROR_PREFIX):].strip() if line.startswith(ERROR_PREFIX) else None
-
-
-def build_command(prefix, fixed, moving, out, options: RegistrationOptions, moving_labels=None, fixed_labels=None) -> list[str]:
-    """Engine command line: ``prefix register FIXED MOVING --out DIR [options]``."""
-    command = [str(p) for p in prefix] + ["register", str(fixed), str(moving), "--out", str(out)]
-    if moving_labels:
-        command += ["--moving-labels", str(moving_labels)]
-    if fixed_labels:
-        command += ["--fixed-labels", str(fixed_labels)]
-    command += ["--model", str(options.model or "bundled"), "--device", str(options.device or "auto")]
-    if not options.affine:
-        command.append("--no-affine")
-    if options.refine_iterations is not None and int(options.refine_iterations) >= 0:
-        command += ["--refine", str(int(options.refine_iterations))]
-    if options.refine_smoothness is not None:
-        command += ["--refine-smoothness", repr(float(options.refine_smoothness))]
-    if options.integration_steps:
-        command += ["--integration-steps", str(int(options.integration_steps))]
-    if not options.qc:
-        command.append("--no-qc")
-    return command
+def build_command(prefix, job: RegisterJob) -> list[str]:
+    """Engine command line: ``prefix register FIXED MOVING --out DIR [the job's options] --events - --stop-on-stdin``."""
+    return [str(p) for p in prefix] + command_line(job) + FRONT_END_FLAGS
 
 
 def default_engine_prefix(python: str | None = None) -> list[str]:
@@ -111,6 +67,10 @@ def default_temp_root() -> str | None:
     return None
 
 
+def _optional(path) -> str | None:
+    return None if path is None else str(path)
+
+
 def _check_volume(node, role: str) -> None:
     if node is None:
         raise VoxelMorphRegError(f"no {role} volume selected")
@@ -118,6 +78,14 @@ def _check_volume(node, role: str) -> None:
         raise VoxelMorphRegError(f"{node.GetName()}: the {role} volume must be a scalar volume")
     if node.GetImageData() is None:
         raise VoxelMorphRegError(f"{node.GetName()}: the {role} volume has no voxels")
+
+
+def _check_targets(targets: OutputTargets) -> None:
+    """Existing output nodes must be able to hold what goes into them (a displacement grid needs a grid transform node)."""
+    for key in ("transform", "inverse_transform"):
+        node = getattr(targets, key)
+        if node is not None and not node.IsA("vtkMRMLGridTransformNode"):
+            raise VoxelMorphRegError(f"{node.GetName()}: a {node.GetClassName()} cannot hold the displacement grid; choose a grid transform node or let one be created")
 
 
 def _remove_folder(path) -> None:
@@ -128,73 +96,6 @@ def _remove_folder(path) -> None:
         if not os.path.exists(path):
             return
         time.sleep(0.05 * (attempt + 1))
-
-
-class EngineJob:
-    """What a runner of an engine job keeps: state, progress, log, and the callbacks told of them.
-
-    Subclasses name their engine (:attr:`engine_name`, for messages), the states a run ends in
-    (:attr:`final_states`), and give ``start()``, ``poll()`` and :meth:`_abort` (what a timeout or
-    Ctrl-C in :meth:`_wait_until_finished` does; :attr:`abort_word` says it).
-    """
-
-    engine_name = "engine"
-    final_states: tuple = (SUCCEEDED, FAILED)
-    abort_word = "cancelled"
-
-    def __init__(self, progress_callback=None, log_callback=None, finished_callback=None):
-        self.progress_callback = progress_callback
-        self.log_callback = log_callback
-        self.finished_callback = finished_callback
-        self.state = IDLE
-        self.progress = 0
-        self.stage = ""
-        self.log: list[str] = []
-        self.error = ""
-        self.command: list[str] = []
-        self._engine_error = ""
-
-    @property
-    def running(self) -> bool:
-        return self.state == RUNNING
-
-    @property
-    def finished(self) -> bool:
-        return self.state in self.final_states
-
-    def _set_progress(self, percent: int, stage: str) -> None:
-        self.progress, self.stage = percent, stage
-        if self.progress_callback:
-            self.progress_callback(percent, stage)
-
-    def _add_log(self, line: str) -> None:
-        self.log.append(line)
-        if self.log_callback:
-            self.log_callback(line)
-
-    def _fallback_error(self, returncode: int) -> str:
-        """The error of a run whose engine failed without an error line: exit code and last output line."""
-        last = next((line.strip() for line in reversed(self.log) if line.strip() and not line.startswith("$ ")), "")
-        detail = f": {last}" if last else ""
-        return f"the {self.engine_name} engine stopped with exit code {returncode}{detail}"
-
-    def _abort(self) -> None:
-        raise NotImplementedError
-
-    def _wait_until_finished(self, timeout: float | None, interval: float) -> None:
-        """Start if not started; poll until the run is over. On timeout or Ctrl-C, :meth:`_abort` (then raise)."""
-        if self.state == IDLE:
-            self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not self.poll():
-                if deadline is not None and time.monotonic() > deadline:
-                    self._abort()
-                    raise VoxelMorphRegError(f"{self.engine_name} did not finish within {timeout:g} s; {self.abort_word}")
-                time.sleep(interval)
-        except KeyboardInterrupt:
-            self._abort()
-            raise
 
 
 class RegistrationRunner(EngineJob):
@@ -210,8 +111,11 @@ class RegistrationRunner(EngineJob):
         moving_volume,
         moving_segmentation=None,
         fixed_segmentation=None,
-        options: RegistrationOptions | None = None,
+        options: RegisterOptions | None = None,
         targets: OutputTargets | None = None,
+        inverse_transform: bool = False,
+        jacobian: bool = True,
+        table: bool = True,
         engine_prefix=None,
         temp_root=None,
         progress_callback=None,
@@ -224,8 +128,10 @@ class RegistrationRunner(EngineJob):
         self.moving_volume = moving_volume
         self.moving_segmentation = moving_segmentation
         self.fixed_segmentation = fixed_segmentation
-        self.options = options or RegistrationOptions()
+        self.options = options if options is not None else default_register_options()
         self.targets = targets or OutputTargets()
+        # Which optional outputs to import (the engine writes them all).
+        self.inverse_transform, self.jacobian, self.table = bool(inverse_transform), bool(jacobian), bool(table)
         self.engine_prefix = list(engine_prefix) if engine_prefix else default_engine_prefix()
         self.temp_root = temp_root if temp_root is not None else default_temp_root()
 
@@ -233,11 +139,7 @@ class RegistrationRunner(EngineJob):
         self.temp_folder: Path | None = None
         self.engine: EngineProcess | None = None
         self._plan: ImportPlan | None = None
-
-    @property
-    def process(self) -> subprocess.Popen | None:
-        """The engine's process (``None`` before :meth:`start`)."""
-        return self.engine.process if self.engine is not None else None
+        self._interrupted = False
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -255,9 +157,9 @@ class RegistrationRunner(EngineJob):
             moving_ijk_to_ras=moving_matrix,
             moving_size=volume_size(moving),
             moving_segmentation_node=self.moving_segmentation,
-            inverse_transform=self.options.inverse_transform,
-            jacobian=self.options.jacobian,
-            table=self.options.table,
+            inverse_transform=self.inverse_transform,
+            jacobian=self.jacobian,
+            table=self.table,
         )
         moving_infos = []
         if self.moving_segmentation is not None:
@@ -285,16 +187,16 @@ class RegistrationRunner(EngineJob):
             raise VoxelMorphRegError("this runner has already been started; make a new one")
         _check_volume(self.fixed_volume, "fixed")
         _check_volume(self.moving_volume, "moving")
+        _check_targets(self.targets)
         self._set_progress(0, "writing inputs")
         folder = Path(tempfile.mkdtemp(prefix="VoxelMorphReg-", dir=self.temp_root))
         self.temp_folder = folder
         try:
             paths, self._plan = self._write_inputs(folder)
-            self.command = build_command(
-                self.engine_prefix, paths["fixed"], paths["moving"], paths["out"], self.options, paths.get("moving_labels"), paths.get("fixed_labels")
-            )
+            job = RegisterJob(str(paths["fixed"]), str(paths["moving"]), str(paths["out"]), _optional(paths.get("moving_labels")), _optional(paths.get("fixed_labels")), self.options)
+            self.command = build_command(self.engine_prefix, job)
             self._add_log("$ " + subprocess.list2cmdline(self.command))
-            self.engine = EngineProcess(self.command, cwd=folder, env=environment.engine_environment()).start()
+            self.engine = self.process = EngineProcess(self.command, cwd=folder, env=environment.engine_environment()).start()
         except BaseException as exc:
             _remove_folder(folder)
             self.temp_folder = None
@@ -310,16 +212,15 @@ class RegistrationRunner(EngineJob):
 
     def _drain(self) -> None:
         for line in self.engine.read_lines():
-            if not line.strip():
-                continue
-            self._add_log(line)
-            progress = parse_progress(line)
-            if progress is not None:
-                self._set_progress(*progress)
-                continue
-            message = parse_error(line)
-            if message is not None:
-                self._engine_error = message
+            self._handle_line(line)
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, Stage):
+            self._set_progress(min(100, int(event.percent)), event.text)
+        elif isinstance(event, Progress) and event.percent is not None:
+            self._set_progress(min(100, int(event.percent)), event.text or self.stage)
+        elif isinstance(event, Interrupted):
+            self._interrupted = True
 
     def poll(self) -> bool:
         """Handle new output; finish the run if the engine has ended. Returns whether the run is over."""
@@ -347,13 +248,13 @@ class RegistrationRunner(EngineJob):
                 except Exception as exc:  # unexpected: report, but never leave the run "running"
                     self.state, self.error = FAILED, f"importing the results failed: {type(exc).__name__}: {exc}"
             else:
-                self.state = CANCELLED if returncode == CancelledError.exit_code and not self._engine_error else FAILED
+                cancelled = (self._interrupted or returncode == CancelledError.exit_code) and not self._engine_error
+                self.state = CANCELLED if cancelled else FAILED
                 self.error = self._engine_error or self._fallback_error(returncode)
         finally:
             _remove_folder(self.temp_folder)
             self.temp_folder = None
-            if self.finished_callback:
-                self.finished_callback(self)
+            self._notify_finished()
 
     def _fallback_error(self, returncode: int) -> str:
         if returncode == CancelledError.exit_code:
@@ -371,8 +272,7 @@ class RegistrationRunner(EngineJob):
         self.error = "cancelled"
         _remove_folder(self.temp_folder)
         self.temp_folder = None
-        if self.finished_callback:
-            self.finished_callback(self)
+        self._notify_finished()
 
     def _abort(self) -> None:
         self.cancel()

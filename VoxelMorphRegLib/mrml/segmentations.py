@@ -26,7 +26,7 @@ from vtk.util import numpy_support
 import slicer
 
 from ..errors import VoxelMorphRegError
-from .volumes import ijk_to_ras, ijk_to_ras_from_sitk, lps_geometry, numpy_to_matrix, set_lps_geometry, smallest_integer_array, voxel_array, volume_size
+from .volumes import ijk_to_ras, lps_geometry, numpy_to_matrix, set_lps_geometry, smallest_integer_array, voxel_array, volume_size
 
 BINARY_LABELMAP = "Binary labelmap"
 
@@ -81,9 +81,26 @@ def segment_infos(segmentation_node) -> list[LabelInfo]:
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
         segment = segmentation.GetSegment(segment_id)
-        terminology = segment.GetTerminology() if hasattr(segment, "GetTerminology") else ""
-        infos.append(LabelInfo(index + 1, segment.GetName() or segment_id, tuple(float(c) for c in segment.GetColor()), segment_id, terminology or ""))
+        infos.append(LabelInfo(index + 1, segment.GetName() or segment_id, tuple(float(c) for c in segment.GetColor()), segment_id, segment_terminology(segment)))
     return infos
+
+
+def segment_terminology(segment) -> str:
+    """The segment's terminology entry (``""`` if none), read the way every supported Slicer has it.
+
+    ``vtkSegment.GetTerminology()`` exists from Slicer 5.10 only; the tag it reads
+    (``vtkSegment.GetTerminologyEntryTagName()``) is there in 5.6 and 5.8 too.
+    """
+    value = vtk.reference("")
+    if segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value):
+        return str(value)
+    return ""
+
+
+def set_segment_terminology(segment, terminology: str) -> None:
+    """Set the segment's terminology entry (the tag ``vtkSegment.SetTerminology`` sets from 5.10 on)."""
+    if terminology:
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), str(terminology))
 
 
 def _color_node_of(label_node):
@@ -266,8 +283,7 @@ def fill_segmentation(segmentation_node, array: np.ndarray, ijk_to_ras_matrix: n
             segment.SetName(info.name)
             segment.SetColor(*info.color)
             segment.SetLabelValue(int(info.value))
-            if info.terminology and hasattr(segment, "SetTerminology"):
-                segment.SetTerminology(info.terminology)
+            set_segment_terminology(segment, info.terminology)
             segment.AddRepresentation(BINARY_LABELMAP, shared)
             segment_id = info.segment_id if info.segment_id and not segmentation.GetSegment(info.segment_id) else ""
             segmentation.AddSegment(segment, segment_id)
@@ -281,9 +297,3 @@ def new_segmentation_from_labels(array: np.ndarray, ijk_to_ras_matrix: np.ndarra
         node.SetName(name)
     fill_segmentation(node, array, ijk_to_ras_matrix, infos)
     return node
-
-
-def segmentation_from_labels_image(image: sitk.Image, infos: list[LabelInfo], name: str | None = None, node=None, ijk_to_ras_matrix: np.ndarray | None = None):
-    """Same as :func:`new_segmentation_from_labels`, from a SimpleITK label image."""
-    matrix = ijk_to_ras_from_sitk(image) if ijk_to_ras_matrix is None else ijk_to_ras_matrix
-    return new_segmentation_from_labels(sitk.GetArrayFromImage(image), matrix, infos, name, node)

@@ -36,7 +36,8 @@ def _new_table(scene, name: str, columns) -> "slicer.vtkMRMLTableNode":
         array = vtk.vtkDoubleArray()
         array.SetName(column)
         table.AddColumn(array)
-    node.SetUseColumnTitleAsColumnHeader(True)
+    # The table view shows the column names (the default in every Slicer version; 5.6.0 has no
+    # SetUseColumnTitleAsColumnHeader, 5.6.2 renamed SetUseColumnNameAsColumnHeader to it).
     return node
 
 
@@ -57,17 +58,22 @@ class TrainingPlot:
 
     def __init__(self, scene, name: str = "VoxelMorphReg training"):
         self.scene = scene
-        self.table = _new_table(scene, f"{name} log", TABLE_COLUMNS)
-        self.validation_table = _new_table(scene, f"{name} validation", VALIDATION_COLUMNS)
-        self.loss_series = _new_series(scene, "training loss", self.table, "loss", LOSS_COLOR, markers=False)
-        self.dice_series = _new_series(scene, "validation Dice", self.validation_table, "validation_dice", DICE_COLOR, markers=True)
-        self.chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
-        self.chart.SetTitle(name)
-        self.chart.SetXAxisTitle("step")
-        self.chart.SetYAxisTitle("loss / validation Dice")
-        self.chart.SetLegendVisibility(True)
-        self.chart.AddAndObservePlotSeriesNodeID(self.loss_series.GetID())
-        self.chart.AddAndObservePlotSeriesNodeID(self.dice_series.GetID())
+        self.table = self.validation_table = self.loss_series = self.dice_series = self.chart = None
+        try:
+            self.table = _new_table(scene, f"{name} log", TABLE_COLUMNS)
+            self.validation_table = _new_table(scene, f"{name} validation", VALIDATION_COLUMNS)
+            self.loss_series = _new_series(scene, "training loss", self.table, "loss", LOSS_COLOR, markers=False)
+            self.dice_series = _new_series(scene, "validation Dice", self.validation_table, "validation_dice", DICE_COLOR, markers=True)
+            self.chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
+            self.chart.SetTitle(name)
+            self.chart.SetXAxisTitle("step")
+            self.chart.SetYAxisTitle("loss / validation Dice")
+            self.chart.SetLegendVisibility(True)
+            self.chart.AddAndObservePlotSeriesNodeID(self.loss_series.GetID())
+            self.chart.AddAndObservePlotSeriesNodeID(self.dice_series.GetID())
+        except BaseException:
+            self.remove()  # no half-made plot left in the scene
+            raise
 
     def nodes(self) -> dict:
         return {
@@ -126,5 +132,6 @@ class TrainingPlot:
     def remove(self) -> None:
         """Take the nodes out of the scene."""
         for node in self.nodes().values():
-            if node.GetScene() is not None:
-                node.GetScene().RemoveNode(node)
+            scene = node.GetScene() if node is not None else None
+            if scene is not None:
+                scene.RemoveNode(scene.GetNodeByID(node.GetID()))

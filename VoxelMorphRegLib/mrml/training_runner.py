@@ -3,132 +3,72 @@
 Sequence:
 
 1. :meth:`TrainingRunner.start` gets the training data ready and starts
-   ``python -m VoxelMorphRegLib.frontends.cli train --data CSV --atlas ATLAS --out OUT ...`` in
-   its own process group (:class:`.engine_process.EngineProcess`). Scene volumes (and their
-   segmentations or label maps) are written into ``OUT/data/`` as NIfTI with a ``train.csv``
-   (and ``val.csv``) listing them (:func:`write_training_data`); a folder or CSV is passed on
-   as it is.
+   ``python -m VoxelMorphRegLib.frontends.cli train --data CSV --atlas ATLAS --out OUT ... --events - --stop-on-stdin``
+   in its own process group (:class:`.engine_process.EngineProcess`); the arguments are the
+   contract's (:class:`~VoxelMorphRegLib.contract.TrainJob`, :func:`~VoxelMorphRegLib.contract.command_line`).
+   Scene volumes (and their segmentations or label maps) are written into ``OUT/data/`` as NIfTI
+   with a ``train.csv`` (and ``val.csv``) listing them (:mod:`.training_export`); a folder or CSV
+   is passed on as it is.
 2. :meth:`TrainingRunner.poll` (a timer in the GUI) or :meth:`TrainingRunner.wait` (console)
-   follows the engine's ``step N/M loss=... s/step eta N min [val_dice=...]`` lines and reads the
-   new rows of ``OUT/log.csv`` (:class:`TrainingLogReader`), which a
-   :class:`.training_plot.TrainingPlot` shows.
-3. :meth:`TrainingRunner.stop` sends SIGINT to the engine's process group -- the engine then
-   saves ``last.pt`` and exits -- and kills the whole tree if it has not ended
-   ``stop_timeout_s`` seconds later (checked by :meth:`~TrainingRunner.poll`, so the GUI never
-   waits). On Windows it kills at once.
+   follows the engine's events (``stage``, ``progress`` of the subject preparation, ``resumed``,
+   ``step``, ``validation``, ``error``) and reads the new rows of ``OUT/log.csv``
+   (:class:`.training_log.TrainingLogReader`), which a :class:`.training_plot.TrainingPlot` shows.
+3. :meth:`TrainingRunner.stop` asks the engine to stop through its standard input -- it then
+   saves ``last.pt`` and exits -- and kills the whole tree if it has not ended ``stop_timeout_s``
+   seconds later (checked by :meth:`~TrainingRunner.poll`, so the GUI never waits). Before the
+   first training step (nothing to save yet) it kills at once.
 4. At the end, :attr:`TrainingRunner.checkpoint` is ``OUT/best.pt`` after a finished run; after a
-   stop, ``best.pt`` if a validation has written one, else ``last.pt`` if there is one.
+   stop, ``best.pt`` if one was written, else ``last.pt`` if there is one.
 
 Starting again with the same output folder resumes from ``OUT/last.pt`` (the engine's rule).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
+import dataclasses
 import math
-import os
-import re
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
+from ..contract import BEST_CHECKPOINT, DEVICES, LAST_CHECKPOINT, TRAINING_LOG, Interrupted, Progress, Resumed, Stage, Step, TrainJob, TrainOptions, Validation, command_line
 from ..errors import VoxelMorphRegError
 from . import environment
+from .engine_job import FAILED, IDLE, RUNNING, STOPPED, SUCCEEDED, EngineJob
 from .engine_process import EngineProcess
-from .runner import FAILED, IDLE, RUNNING, SUCCEEDED, EngineJob, _check_volume, default_engine_prefix, parse_error
-from .segmentations import LabelInfo, is_label_map, is_segmentation, label_map_infos, labels_image, labels_to_array, match_fixed_labels, segment_infos
-from ..pipelines.training_sources import sources_from
-from .volumes import ijk_to_ras, voxel_array, volume_size, volume_to_sitk
-
-STOPPED = "stopped"
+from .runner import FRONT_END_FLAGS, _check_volume, default_engine_prefix
+from .training_export import TrainingData, _write_image, first_image, write_training_data
+from .training_log import TrainingLogReader, TrainingRow
+from .volumes import volume_to_sitk
 
 SIMILARITIES = ("lncc", "mse")
-DEVICES = ("auto", "cpu", "cuda")
-LOG_COLUMNS = ("step", "loss", "similarity", "smoothness", "dice_loss", "learning_rate", "seconds_per_step", "validation_dice")
-
-STEP_LINE = re.compile(r"^step\s+(\d+)/(\d+)\b(.*)$")
-_LOSS = re.compile(r"\bloss=(\S+)")
-_RATE = re.compile(r"(\S+)\s+s/step\b")
-_ETA = re.compile(r"\beta\s+(\d+)\s+min\b")
-_VAL = re.compile(r"\bval_dice=(\S+)")
-_BEST = re.compile(r"\(best\s+([^)\s]+)\)")
-_SUBJECTS = re.compile(r"^(\d+) training and (\d+) validation subjects\b")
-_PREPARED = re.compile(r"^prepared \S.* in \S+ s$")
-_RESUMING = re.compile(r"^resuming from .* at step (\d+)\b")
-_INTERRUPTED = re.compile(r"^interrupted at step (\d+)\b")
 
 
-def _float(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
+def check_train_options(options: TrainOptions) -> None:
+    """One-line errors for settings the panel can get wrong, before anything is written or started."""
+    if int(options.steps) < 1:
+        raise VoxelMorphRegError("the number of training steps must be at least 1")
+    if not float(options.learning_rate) > 0:
+        raise VoxelMorphRegError("the learning rate must be positive")
+    if options.similarity not in SIMILARITIES:
+        raise VoxelMorphRegError(f"similarity must be one of {', '.join(SIMILARITIES)}")
+    if float(options.smoothness_weight) < 0 or float(options.dice_weight) < 0:
+        raise VoxelMorphRegError("loss weights must not be negative")
+    if int(options.validate_every) < 1:
+        raise VoxelMorphRegError("validate every: at least 1 step")
+    if options.device not in DEVICES:
+        raise VoxelMorphRegError(f"device must be one of {', '.join(DEVICES)}")
 
 
-# -- options and command line ----------------------------------------------------------------------
-
-
-@dataclass
-class TrainOptions:
-    """The engine's training settings that the panel offers (see ``voxelmorphreg train --help``)."""
-
-    steps: int = 2000
-    learning_rate: float = 3e-4
-    similarity: str = "lncc"  # lncc or mse
-    smoothness_weight: float = 1.0
-    dice_weight: float = 1.0
-    validate_every: int = 100
-    device: str = "auto"  # auto, cpu or cuda
-    init: str | None = None  # model file to start from (fine-tuning)
-    extra_arguments: list = field(default_factory=list)  # passed on unchanged, e.g. ["--skull-strip-labels"]
-
-    def check(self) -> None:
-        if int(self.steps) < 1:
-            raise VoxelMorphRegError("the number of training steps must be at least 1")
-        if not float(self.learning_rate) > 0:
-            raise VoxelMorphRegError("the learning rate must be positive")
-        if self.similarity not in SIMILARITIES:
-            raise VoxelMorphRegError(f"similarity must be one of {', '.join(SIMILARITIES)}")
-        if float(self.smoothness_weight) < 0 or float(self.dice_weight) < 0:
-            raise VoxelMorphRegError("loss weights must not be negative")
-        if int(self.validate_every) < 1:
-            raise VoxelMorphRegError("validate every: at least 1 step")
-        if self.device not in DEVICES:
-            raise VoxelMorphRegError(f"device must be one of {', '.join(DEVICES)}")
-
-
-def _number(value) -> str:
-    return repr(float(value))
-
-
-def build_train_command(prefix, data, atlas, out, options: TrainOptions, validation=None) -> list[str]:
-    """Engine command line: ``prefix train --data DATA --atlas ATLAS --out OUT [options]``."""
-    command = [str(p) for p in prefix] + ["train", "--data", str(data)]
-    if validation:
-        command += ["--val", str(validation)]
-    command += ["--atlas", str(atlas), "--out", str(out)]
-    command += ["--steps", str(int(options.steps)), "--learning-rate", _number(options.learning_rate)]
-    command += ["--similarity", str(options.similarity)]
-    command += ["--smoothness-weight", _number(options.smoothness_weight), "--dice-weight", _number(options.dice_weight)]
-    command += ["--validate-every", str(int(options.validate_every)), "--device", str(options.device or "auto")]
-    if options.init:
-        command += ["--init", str(options.init)]
-    command += [str(a) for a in options.extra_arguments]
-    return command
-
-
-# -- the engine's progress lines ---------------------------------------------------------------------
+def build_train_command(prefix, job: TrainJob) -> list[str]:
+    """Engine command line: ``prefix train --data DATA --atlas ATLAS --out OUT [the job's options] --events - --stop-on-stdin``."""
+    return [str(p) for p in prefix] + command_line(job) + FRONT_END_FLAGS
 
 
 @dataclass
 class StepProgress:
-    """What one ``step N/M ...`` line of the engine says."""
+    """Where the training stands, from the engine's ``step`` and ``validation`` events."""
 
     step: int
     total: int
@@ -153,289 +93,8 @@ class StepProgress:
         return ", ".join(parts)
 
 
-def parse_step_line(line: str) -> StepProgress | None:
-    """:class:`StepProgress` for a ``step N/M loss=... s/step eta N min [val_dice=V (best B)]`` line, else ``None``."""
-    match = STEP_LINE.match(line.strip())
-    if not match:
-        return None
-    rest = match.group(3)
-    progress = StepProgress(int(match.group(1)), int(match.group(2)))
-    if (found := _LOSS.search(rest)) is not None:
-        progress.loss = _float(found.group(1))
-    if (found := _RATE.search(rest)) is not None:
-        progress.seconds_per_step = _float(found.group(1))
-    if (found := _ETA.search(rest)) is not None:
-        progress.eta_minutes = _float(found.group(1))
-    if (found := _VAL.search(rest)) is not None:
-        progress.validation_dice = _float(found.group(1))
-    if (found := _BEST.search(rest)) is not None:
-        progress.best_dice = _float(found.group(1))
-    return progress
-
-
-# -- log.csv -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingRow:
-    """One row of the engine's ``log.csv``; ``validation_dice`` is NaN on steps without validation."""
-
-    step: int
-    loss: float
-    validation_dice: float
-    values: dict  # every column as a float (NaN where empty)
-
-
-class TrainingLogReader:
-    """Reads the rows appended to a ``log.csv`` since the last call; a partly written row waits for its end."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.offset = 0
-        self.columns: list[str] | None = None
-
-    def read_new(self) -> list[TrainingRow]:
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            return []
-        if size < self.offset:  # replaced by a new, shorter file: start again
-            self.offset, self.columns = 0, None
-        if size == self.offset:
-            return []
-        try:
-            with self.path.open("rb") as stream:
-                stream.seek(self.offset)
-                data = stream.read(size - self.offset)
-        except OSError:
-            return []
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self.offset += end + 1
-        rows = []
-        for raw in data[: end + 1].decode("utf-8", "replace").splitlines():
-            if not raw.strip():
-                continue
-            cells = next(csv.reader([raw]))
-            if self.columns is None:
-                self.columns = [c.strip() for c in cells]
-                continue
-            values = {name: _float(cells[i]) if i < len(cells) and cells[i].strip() else math.nan for i, name in enumerate(self.columns)}
-            step = values.get("step", math.nan)
-            if not math.isfinite(step):
-                continue
-            rows.append(TrainingRow(int(step), values.get("loss", math.nan), values.get("validation_dice", math.nan), values))
-        return rows
-
-
-# -- training data from the scene ------------------------------------------------------------------------
-
-
-def _normalised(name: str) -> str:
-    return " ".join((name or "").lower().split())
-
-
-def _same_grid(a, b) -> bool:
-    return volume_size(a) == volume_size(b) and np.allclose(ijk_to_ras(a), ijk_to_ras(b), atol=1e-4)
-
-
-def pair_segmentations(volumes, segmentations=()) -> list[tuple]:
-    """``[(volume, segmentation or None), ...]`` in the order of ``volumes``.
-
-    A segmentation (or label map volume) belongs to the volume that is (1) its segmentation's
-    reference geometry volume, else (2) the volume whose name starts its name followed by a
-    separator or nothing (``T1`` for ``T1_seg``, ``T1-label``, ``T1 segmentation``; the longest
-    such name wins), else (3) the only volume on the same grid (label maps). Raises
-    :class:`VoxelMorphRegError` for a segmentation that fits no volume or a volume given two.
-    """
-    volumes = [v for v in volumes if v is not None]
-    segmentations = [s for s in segmentations if s is not None]
-    assigned: dict[int, object] = {}
-    by_id = {id(v): v for v in volumes}
-    for segmentation in segmentations:
-        target = None
-        if is_segmentation(segmentation):
-            reference = segmentation.GetNodeReference("referenceImageGeometryRef")
-            target = next((v for v in volumes if reference is not None and v is reference), None)
-        if target is None:
-            name = _normalised(segmentation.GetName())
-            candidates = []
-            for volume in volumes:
-                stem = _normalised(volume.GetName())
-                rest = name[len(stem):]
-                if stem and name.startswith(stem) and (rest == "" or rest[0] in " _-.") and volume is not segmentation:
-                    candidates.append((len(stem), volume))
-            if candidates:
-                target = max(candidates, key=lambda c: c[0])[1]
-        if target is None and is_label_map(segmentation) and segmentation.GetImageData() is not None:
-            same = [v for v in volumes if v.GetImageData() is not None and _same_grid(v, segmentation)]
-            if len(same) == 1:
-                target = same[0]
-        if target is None:
-            raise VoxelMorphRegError(
-                f"{segmentation.GetName()}: cannot tell which training volume it belongs to; "
-                "name it after its volume (e.g. VOLUME_seg) or make that volume its reference geometry"
-            )
-        if id(target) in assigned:
-            raise VoxelMorphRegError(f"{target.GetName()}: has two segmentations ({assigned[id(target)].GetName()}, {segmentation.GetName()}); pick one")
-        assigned[id(target)] = segmentation
-    return [(by_id[id(v)], assigned.get(id(v))) for v in volumes]
-
-
-def split_validation(pairs: list[tuple], count: int) -> tuple[list[tuple], list[tuple]]:
-    """``(training, validation)``: the last ``count`` subjects that have labels are held out for validation."""
-    count = int(count or 0)
-    if count <= 0:
-        return list(pairs), []
-    if count == 1:
-        raise VoxelMorphRegError("validation needs at least 2 labelled subjects (Dice is measured between pairs)")
-    labelled = [i for i, (_, labels) in enumerate(pairs) if labels is not None]
-    if len(labelled) < count:
-        raise VoxelMorphRegError(f"{count} validation subjects asked for, but only {len(labelled)} training volumes have a segmentation")
-    held = set(labelled[-count:])
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
-
-
-def label_legend(label_nodes) -> tuple[list[LabelInfo], dict[str, dict[str, int]]]:
-    """One label value per structure across all subjects.
-
-    Label map volumes keep their values (e.g. FreeSurfer asegs); segments get the value of the
-    label of the same name (case and spacing ignored), or a value nothing else uses. Returns the
-    legend and, per segmentation node ID, ``{segment ID: value}`` for
-    :func:`.segmentations.labels_to_array`.
-    """
-    legend: list[LabelInfo] = []
-    used: set[int] = set()
-    for node in label_nodes:
-        if is_label_map(node):
-            values = [int(v) for v in np.unique(voxel_array(node)) if v != 0]
-            for info in label_map_infos(node, values):
-                if info.value not in used:
-                    legend.append(info)
-                    used.add(info.value)
-    segment_values: dict[str, dict[str, int]] = {}
-    for node in label_nodes:
-        if is_segmentation(node):
-            infos = segment_infos(node)
-            mapping = match_fixed_labels(legend, infos, keep_values=False)
-            segment_values[node.GetID() or str(id(node))] = {info.segment_id: mapping[info.value] for info in infos}
-            for info in infos:
-                value = mapping[info.value]
-                if value not in used:
-                    legend.append(LabelInfo(value, info.name, info.color))
-                    used.add(value)
-    return legend, segment_values
-
-
-def _safe_name(name: str, taken: set) -> str:
-    base = re.sub(r"[^A-Za-z0-9.-]+", "_", name or "volume").strip("._") or "volume"
-    candidate, number = base, 2
-    while candidate.lower() in taken:
-        candidate, number = f"{base}_{number}", number + 1
-    taken.add(candidate.lower())
-    return candidate
-
-
-def _digest(image: sitk.Image) -> str:
-    """Short hash of voxels and geometry: a changed volume gets a new file name (and a new cache entry)."""
-    digest = hashlib.sha1()
-    array = sitk.GetArrayViewFromImage(image)
-    digest.update(str((array.dtype.str, array.shape, image.GetOrigin(), image.GetSpacing(), image.GetDirection())).encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:10]
-
-
-def _write_image(image: sitk.Image, folder: Path, stem: str) -> Path:
-    path = folder / f"{stem}-{_digest(image)}.nii.gz"
-    if not path.exists():
-        partial = path.with_name(path.name.replace(".nii.gz", ".partial.nii.gz"))
-        sitk.WriteImage(image, str(partial), True)
-        os.replace(partial, path)
-    return path
-
-
-def _write_csv(path: Path, rows: list[tuple]) -> None:
-    partial = path.with_suffix(".partial.csv")
-    with partial.open("w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["name", "image", "labels"])
-        writer.writerows(rows)
-    os.replace(partial, path)
-
-
-@dataclass
-class TrainingData:
-    """What :func:`write_training_data` wrote."""
-
-    folder: Path
-    train_csv: Path
-    validation_csv: Path | None
-    atlas: Path
-    legend: list[LabelInfo]
-
-
-def write_training_data(folder, train_pairs, validation_pairs=(), atlas_volume=None) -> TrainingData:
-    """Write scene subjects as NIfTI (labels on their volume's grid) and the CSVs the engine reads.
-
-    ``*_pairs``: ``(volume, segmentation or label map or None)``. Files are named after the
-    node and a hash of the content, so an unchanged volume is not written twice and a changed
-    one never meets a stale cache entry. ``atlas_volume`` defaults to the first training volume.
-    The CSVs name files relative to themselves; ``labels.json`` gives each label value's name.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VoxelMorphRegError(f"{folder}: cannot create the training data folder ({exc})") from None
-    all_pairs = list(train_pairs) + list(validation_pairs)
-    for volume, _ in all_pairs:
-        _check_volume(volume, "training")
-    legend, segment_values = label_legend([labels for _, labels in all_pairs if labels is not None])
-    taken: set = set()
-
-    def rows_for(pairs):
-        rows = []
-        for volume, labels in pairs:
-            name = _safe_name(volume.GetName(), taken)
-            image_path = _write_image(volume_to_sitk(volume), folder, name)
-            labels_path = None
-            if labels is not None:
-                values = segment_values.get(labels.GetID() or str(id(labels))) if is_segmentation(labels) else None
-                array, _ = labels_to_array(labels, volume, values)
-                labels_path = _write_image(labels_image(array, ijk_to_ras(volume), labels.GetName()), folder, f"{name}_labels")
-            rows.append((name, image_path.name, labels_path.name if labels_path else ""))
-        return rows
-
-    train_rows = rows_for(train_pairs)
-    validation_rows = rows_for(validation_pairs)
-    if atlas_volume is not None:
-        _check_volume(atlas_volume, "atlas")
-        atlas = _write_image(volume_to_sitk(atlas_volume), folder, "atlas")
-    elif train_rows:
-        atlas = folder / train_rows[0][1]
-    else:
-        raise VoxelMorphRegError("no training volume")
-    train_csv = folder / "train.csv"
-    _write_csv(train_csv, train_rows)
-    validation_csv = None
-    if validation_rows:
-        validation_csv = folder / "val.csv"
-        _write_csv(validation_csv, validation_rows)
-    (folder / "labels.json").write_text(json.dumps({str(i.value): i.name for i in sorted(legend, key=lambda i: i.value)}, indent=1), encoding="utf-8")
-    return TrainingData(folder, train_csv, validation_csv, atlas, legend)
-
-
-def first_image(path) -> Path | None:
-    """The first subject's image of a training folder or CSV, in the engine's order (``None`` if labels only)."""
-    try:
-        sources = sources_from(path)
-    except VoxelMorphRegError:
-        return None
-    return next((Path(source.image) for source in sources if source.image), None)
-
-
-# -- the runner --------------------------------------------------------------------------------------------
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 class TrainingRunner(EngineJob):
@@ -494,8 +153,7 @@ class TrainingRunner(EngineJob):
         self.returncode: int | None = None
         self._reader: TrainingLogReader | None = None
         self._stop_requested_at: float | None = None
-        self._subjects_total = 0
-        self._subjects_prepared = 0
+        self._trained = False  # a training step of this run has been seen (a stop then has something to save)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -505,11 +163,11 @@ class TrainingRunner(EngineJob):
 
     @property
     def best_path(self) -> Path | None:
-        return self.out / "best.pt" if self.out else None
+        return self.out / BEST_CHECKPOINT if self.out else None
 
     @property
     def last_path(self) -> Path | None:
-        return self.out / "last.pt" if self.out else None
+        return self.out / LAST_CHECKPOINT if self.out else None
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -552,7 +210,7 @@ class TrainingRunner(EngineJob):
         if self.state != IDLE:
             raise VoxelMorphRegError("this runner has already been started; make a new one")
         try:
-            self.options.check()
+            check_train_options(self.options)
             if self.out is None:
                 raise VoxelMorphRegError("no output folder for the model")
             try:
@@ -560,8 +218,9 @@ class TrainingRunner(EngineJob):
             except OSError as exc:
                 raise VoxelMorphRegError(f"{self.out}: cannot create the output folder ({exc})") from None
             data, validation, atlas = self._prepare()
-            self.command = build_train_command(self.engine_prefix, data, atlas, self.out, self.options, validation)
-            self._reader = TrainingLogReader(self.out / "log.csv")
+            options = dataclasses.replace(self.options, val=str(validation) if validation else self.options.val)
+            self.command = build_train_command(self.engine_prefix, TrainJob(str(data), str(atlas), str(self.out), options))
+            self._reader = TrainingLogReader(self.out / TRAINING_LOG)
             self._add_log("$ " + subprocess.list2cmdline(self.command))
             if self.last_path.exists():
                 self._add_log(f"{self.last_path} exists: the engine resumes from it")
@@ -580,30 +239,35 @@ class TrainingRunner(EngineJob):
 
     # -- output --------------------------------------------------------------------------------
 
-    def _handle_line(self, line: str) -> None:
-        if not line.strip():
-            return
-        self._add_log(line)
-        text = line.strip()
-        progress = parse_step_line(text)
-        if progress is not None:
-            self.step, self.total_steps, self.last_progress = progress.step, progress.total, progress
-            if not self.stopping:
-                self._set_progress(progress.percent, progress.describe())
-            return
-        message = parse_error(text)
-        if message is not None:
-            self._engine_error = message
-            return
-        if (match := _SUBJECTS.match(text)) is not None:
-            self._subjects_total = int(match.group(1)) + int(match.group(2))
-            self._set_progress(0, f"preparing {self._subjects_total} subjects (affine alignment to the atlas)")
-        elif _PREPARED.match(text):
-            self._subjects_prepared += 1
-            total = f"/{self._subjects_total}" if self._subjects_total else ""
-            self._set_progress(0, f"prepared {self._subjects_prepared}{total} subjects")
-        elif (match := _RESUMING.match(text) or _INTERRUPTED.match(text)) is not None:
-            self.step = int(match.group(1))
+    def _on_event(self, event) -> None:
+        if isinstance(event, Step):
+            self._trained = True
+            self.step, self.total_steps = int(event.step), int(event.steps)
+            eta = _number(event.eta_seconds) / 60.0
+            previous = self.last_progress
+            self.last_progress = StepProgress(self.step, self.total_steps, _number(event.loss), _number(event.seconds_per_step), eta,
+                                              previous.validation_dice if previous else None, previous.best_dice if previous else None)
+            self._show_step()
+        elif isinstance(event, Validation):
+            progress = self.last_progress or StepProgress(int(event.step), self.total_steps)
+            progress.validation_dice, progress.best_dice = event.dice, event.best_dice
+            self.last_progress = progress
+            self._show_step()
+        elif isinstance(event, Stage):
+            if event.name == "prepare":
+                self._set_progress(0, "preparing the subjects (affine alignment to the atlas)")
+        elif isinstance(event, Progress) and event.stage == "prepare":
+            self._set_progress(0, f"prepared {event.done}/{event.total} subjects")
+        elif isinstance(event, Resumed):
+            self.step = int(event.step)
+            self._add_log(f"resumed from {event.path or 'last.pt'} at step {event.step}")
+        elif isinstance(event, Interrupted):
+            if event.step is not None:
+                self.step = int(event.step)
+
+    def _show_step(self) -> None:
+        if not self.stopping and self.last_progress is not None:
+            self._set_progress(self.last_progress.percent, self.last_progress.describe())
 
     def _read_rows(self) -> None:
         if self._reader is None:
@@ -611,6 +275,8 @@ class TrainingRunner(EngineJob):
         rows = self._reader.read_new()
         if rows:
             self.rows.extend(rows)
+            self._trained = True
+            self.step = max(self.step, rows[-1].step)  # log.csv has a row per step (events come every few steps)
             if self.plot is not None:
                 self.plot.add_rows(rows)
             if self.rows_callback:
@@ -639,7 +305,8 @@ class TrainingRunner(EngineJob):
     def _finish(self, returncode: int) -> None:
         self.returncode = returncode
         try:
-            if self._stop_requested_at is not None or (returncode == 130 and not self._engine_error):
+            interrupted = any(isinstance(e, Interrupted) for e in self.events)
+            if self._stop_requested_at is not None or ((interrupted or returncode == 130) and not self._engine_error):
                 self.state = STOPPED
                 self.checkpoint = next((p for p in (self.best_path, self.last_path) if p.exists()), None)
                 self.error = "stopped"
@@ -656,8 +323,7 @@ class TrainingRunner(EngineJob):
                 self.state = FAILED
                 self.error = self._engine_error or self._fallback_error(returncode)
         finally:
-            if self.finished_callback:
-                self.finished_callback(self)
+            self._notify_finished()
 
     def attach_plot(self, plot) -> None:
         """Send the rows to ``plot`` from now on, starting with every row read so far (e.g. a new plot after a scene close)."""
@@ -668,8 +334,9 @@ class TrainingRunner(EngineJob):
     # -- stop and wait -------------------------------------------------------------------------
 
     def stop(self, wait: bool = False, timeout: float | None = None) -> None:
-        """Ask the engine to stop (SIGINT: it saves ``last.pt``); kill the tree after ``timeout`` s.
+        """Ask the engine to stop (``stop`` on its standard input: it saves ``last.pt``); kill the tree after ``timeout`` s.
 
+        Before the first training step there is nothing to save: the engine is killed at once.
         ``timeout`` defaults to ``stop_timeout_s``. With ``wait=False`` this returns at once and
         :meth:`poll` finishes the job (and kills when the time is up).
         """
@@ -679,9 +346,13 @@ class TrainingRunner(EngineJob):
             self.stop_timeout_s = float(timeout)
         if self._stop_requested_at is None:
             self._stop_requested_at = time.monotonic()
-            self._set_progress(self.progress, "stopping: the engine saves last.pt")
-            if not self.process.interrupt():
+            if not self._trained:
+                self._set_progress(self.progress, "stopping before the first training step")
                 self.process.kill()
+            else:
+                self._set_progress(self.progress, "stopping: the engine saves last.pt")
+                if not self.process.request_stop():
+                    self.process.kill()
         if wait:
             while not self.poll():
                 time.sleep(0.05)

@@ -35,9 +35,11 @@ def show_segmentation_outlines(segmentation_node, thickness: int = 2) -> None:
 
 
 def fit_slice_views(slice_logics) -> int:
-    """Fit each slice view to its background volume; returns how many views were fitted.
+    """Fit each slice view to its volumes (the background, the fixed volume, first); returns how many views were fitted.
 
     ``slice_logics``: an iterable of ``vtkMRMLSliceLogic`` or a ``vtkCollection`` of them.
+    ``FitSliceToAll()`` takes its size from the slice node in every supported Slicer version;
+    ``FitSliceToBackground`` needs the view's width and height before Slicer 5.8.
     """
     if slice_logics is None:
         return 0
@@ -46,7 +48,7 @@ def fit_slice_views(slice_logics) -> int:
     fitted = 0
     for logic in slice_logics:
         if logic is not None:
-            logic.FitSliceToBackground()
+            logic.FitSliceToAll()
             fitted += 1
     return fitted
 
