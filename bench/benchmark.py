@@ -117,7 +117,7 @@ def worker_probe(spec) -> dict:
 
     from VoxelMorphRegLib.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
     from VoxelMorphRegLib.errors import VoxelMorphRegError
-    from VoxelMorphRegLib.pipelines.register import bundled_model_path
+    from VoxelMorphRegLib.model_resolution import resolve_model_path
 
     info = {
         "python": platform.python_version(),
@@ -133,7 +133,7 @@ def worker_probe(spec) -> dict:
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["cuda_runtime"] = torch.version.cuda
     try:
-        path = bundled_model_path() if spec["model"] == "bundled" else Path(spec["model"])
+        path = resolve_model_path(spec["model"])
         _, config, payload = load_checkpoint(path)
         info["model"] = {"path": str(path), "trained": True, "grid_spacing_mm": config.spacing, "svf_level": config.svf_level, "training_steps": config.training.get("steps")}
     except VoxelMorphRegError as exc:
@@ -161,14 +161,15 @@ def worker_network(spec) -> dict:
     """Time ``unet(moving, fixed)`` and the integration of its velocity on the model-grid tensors."""
     import torch
 
-    from VoxelMorphRegLib.checkpoint import load_checkpoint
+    from VoxelMorphRegLib.contract import RegisterOptions
     from VoxelMorphRegLib.image.affine import affine_register
     from VoxelMorphRegLib.image.io import read_volume
     from VoxelMorphRegLib.image.preprocessing import grid_for, image_on_grid
+    from VoxelMorphRegLib.pipelines.loaded_model import load_model
 
     threads = _set_threads(spec)
-    device = torch.device(spec["device"])
-    network, config, _ = load_checkpoint(spec["model"])
+    loaded = load_model(RegisterOptions(model=spec["model"], device=spec["device"], refine_iterations=0))
+    device, network, config = loaded.device, loaded.network, loaded.config
     fixed, moving = read_volume(spec["fixed"]), read_volume(spec["moving"])
     affine = affine_register(fixed, moving) if spec["affine"] else None
     grid = grid_for(fixed, config)  # exactly the tensors `register` feeds the network
@@ -209,14 +210,16 @@ def worker_network(spec) -> dict:
     return result
 
 
+def _register_options(spec, qc=True):
+    from VoxelMorphRegLib.contract import RegisterOptions
+
+    return RegisterOptions(model=spec["model"], device=spec["device"], affine=spec["affine"], refine_iterations=spec["refine"], qc=qc)
+
+
 def _register_argv(spec, fixed, moving, fixed_labels, moving_labels, out, qc=True):
-    argv = ["register", str(fixed), str(moving), "--out", str(out), "--moving-labels", str(moving_labels), "--fixed-labels", str(fixed_labels)]
-    argv += ["--model", spec["model"], "--device", spec["device"], "--refine", str(spec["refine"])]
-    if not spec["affine"]:
-        argv.append("--no-affine")
-    if not qc:
-        argv.append("--no-qc")
-    return argv
+    from VoxelMorphRegLib.contract import RegisterJob, command_line
+
+    return command_line(RegisterJob(str(fixed), str(moving), str(out), str(moving_labels), str(fixed_labels), _register_options(spec, qc)))
 
 
 def _run_cli_register(spec, argv, out: Path) -> dict:
@@ -261,14 +264,18 @@ def worker_register(spec) -> dict:
 
 
 def worker_pairs(spec) -> dict:
-    """Dice of ``register`` (no QC figure) on every ordered pair, in one process."""
+    """Dice of ``register`` (no QC figure) on every ordered pair, in one process, the model loaded once."""
+    from VoxelMorphRegLib.pipelines.loaded_model import load_model
+    from VoxelMorphRegLib.pipelines.register import register_files
+
     _set_threads(spec)
+    options = _register_options(spec, qc=False)
+    loaded = load_model(options)
     pairs = []
     for fixed, moving in spec["pairs"]:
         out = Path(spec["work"]) / f"out-pairs-{fixed}-{moving}"
         files = {s: (Path(spec["data"]) / f"{s}_norm.nii.gz", Path(spec["data"]) / f"{s}_seg.nii.gz") for s in (fixed, moving)}
-        argv = _register_argv(spec, files[fixed][0], files[moving][0], files[fixed][1], files[moving][1], out, qc=False)
-        metrics = _run_cli_register(spec, argv, out)
+        metrics = register_files(files[fixed][0], files[moving][0], out, options, moving_labels=files[moving][1], fixed_labels=files[fixed][1], log=lambda message: None, model=loaded).metrics
         pairs.append({
             "fixed": fixed,
             "moving": moving,
@@ -570,7 +577,7 @@ def parse_args(argv):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with subjNN_norm/_seg.nii.gz and labels30.json (default: ../shared/data/aseg)")
     p.add_argument("--fixed", default="subj01", help="fixed subject (default subj01)")
     p.add_argument("--moving", default="subj02", help="moving subject (default subj02)")
-    p.add_argument("--model", default="bundled", help="model file or 'bundled' (Resources/Models/voxelmorphreg_v1.pt)")
+    p.add_argument("--model", default="bundled", help="model file or 'bundled' (the newest Resources/Models/voxelmorphreg_v*.pt, see model_resolution.py)")
     p.add_argument("--devices", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the CPU, and CUDA where it exists")
     p.add_argument("--threads", type=int, default=None, help="torch and ITK threads (default: every CPU this process may use)")
     p.add_argument("--network-repeats", type=int, default=5, help="timed network forward passes (median)")

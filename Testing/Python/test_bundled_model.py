@@ -6,14 +6,14 @@ import torch
 from conftest import ROOT, blob_volume
 
 from VoxelMorphRegLib.checkpoint import load_checkpoint
-from VoxelMorphRegLib.pipelines.register import MODEL_FILE, bundled_model_path
+from VoxelMorphRegLib.model_resolution import BUNDLED_MODEL_FILES, bundled_model_path
 
-CARD = ROOT / "Resources" / "Models" / MODEL_FILE.replace(".pt", ".md")
+CARD = bundled_model_path().with_suffix(".md")
 
 
 def test_the_bundled_model_is_found_and_loads_without_unpickling_code():
     path = bundled_model_path()
-    assert path.name == MODEL_FILE and path.is_file()
+    assert path.name in BUNDLED_MODEL_FILES and path.parent == ROOT / "Resources" / "Models" and path.is_file()
     network, config, payload = load_checkpoint(path)
     assert payload["format"] == "voxelmorphreg-checkpoint"
     assert (config.orientation, config.spacing, config.svf_level) == ("LIA", [2.0, 2.0, 2.0], 1)

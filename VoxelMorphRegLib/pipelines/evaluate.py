@@ -23,6 +23,9 @@ field) and the std of log det J (over det J > 0) of the whole fixed-to-moving tr
 the fixed grid, and the wall-clock seconds of the method (reading files and computing the
 metrics not included).
 
+Code: this file is the loop (options, subjects, pairs); :mod:`.evaluation_methods` the method
+adapters, :mod:`.evaluation_reports` the statistics and the report files.
+
 Outputs in ``--out``: ``results.csv`` (one row per pair x method, rewritten after every
 pair), ``summary.csv`` (one row per method), ``summary.json`` and ``boxplot.png``; the table
 is printed on stdout, progress on stderr.
@@ -30,31 +33,18 @@ is printed on stdout, progress on stderr.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
-import math
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-METHODS = ("none", "affine", "network", "network+refine", "ants")
-DEFAULT_METHODS = ",".join(METHODS)
-DEFAULT_REFINE = 50
-ANTS_MISSING = 'antspyx is not installed (pip install "voxelmorphreg[bench]" or pip install antspyx)'
-DEFINITIONS = {
-    "dice": "2|A∩B| / (|A|+|B|) per label on the fixed grid (moving labels warped, nearest neighbour / ANTs genericLabel); mean over the evaluated labels present in either map",
-    "hd95_mm": None,  # filled from surface_metrics.DEFINITION
-    "folding_fraction": "fraction of fixed-grid voxels with det J <= 0, det(I + grad u) of the whole fixed-to-moving transform by central differences, unclipped field",
-    "std_log_jacobian": "standard deviation of log det J over the fixed-grid voxels with det J > 0",
-    "labels_lost": "number of (pair, label) cases where a label is in only one of the warped and fixed maps; their HD95 is undefined and left out of the HD95 means, so a method that loses structures is flagged here",
-    "seconds": "wall-clock seconds of the method for one pair (affine, model loading, inference, refinement, warping the labels); reading files and computing metrics excluded",
-}
+from .evaluation_methods import ANTS_MISSING, DEFAULT_REFINE, METHODS, import_ants, prepare_network_methods, runner  # noqa: F401 (re-exported)
+from .evaluation_reports import DEFINITIONS, draw_boxplot, format_table, method_json, nanmean, results_csv, summarise, summary_csv, versions
 
+DEFAULT_METHODS = ",".join(METHODS)
+_import_ants = import_ants  # the name the tests use
 
 @dataclass
 class EvaluationOptions:
@@ -114,9 +104,6 @@ def run(args, log=print) -> dict:
     summary = evaluate(options, log)
     print(summary["table"], flush=True)
     return summary
-
-
-run_evaluation = run  # the name cli.py's _run_evaluate calls
 
 
 def parse_methods(text) -> list[str]:
@@ -202,329 +189,6 @@ class _SubjectStore:
         return subject
 
 
-# --------------------------------------------------------------------------- methods
-
-
-def _import_ants():
-    """``(ants module, None)`` or ``(None, why not)``."""
-    try:
-        import ants
-    except ImportError:
-        return None, ANTS_MISSING
-    except OSError as exc:  # a broken binary wheel
-        return None, f"antspyx cannot be loaded ({str(exc).splitlines()[0]})"
-    return ants, None
-
-
-def _identity_stats():
-    return {"folding_fraction": 0.0, "std_log_jacobian": 0.0}
-
-
-def _affine_stats(matrix) -> dict:
-    """det J of an affine map is the constant det(A): no folding unless it reflects, no spread."""
-    import numpy as np
-
-    det = float(np.linalg.det(np.asarray(matrix, dtype=float).reshape(3, 3)))
-    return {"folding_fraction": 1.0 if det <= 0 else 0.0, "std_log_jacobian": 0.0, "jacobian_determinant": round(det, 6)}
-
-
-def _run_none(fixed, moving, context):
-    from ..image.model_grid import resample_to
-
-    return resample_to(moving.labels, fixed.labels, None, labels=True), _identity_stats()
-
-
-def _run_affine(fixed, moving, context):
-    from ..image.affine import affine_register
-    from ..image.model_grid import resample_to
-
-    transform = affine_register(fixed.image, moving.image)
-    return resample_to(moving.labels, fixed.labels, transform, labels=True), _affine_stats(transform.GetMatrix())
-
-
-def _refinement_of(options: EvaluationOptions) -> dict:
-    """The refinement network+refine runs: the options where given, else the model's defaults
-    (``register``'s own), with DEFAULT_REFINE iterations for a model whose default is none."""
-    from ..pipelines.register import RegisterOptions, load_model, refinement_settings
-
-    has_network = options.model != "none"
-    _, config, description = load_model(options.model, None)
-    settings = refinement_settings(
-        RegisterOptions(refine_iterations=options.refine, refine_smoothness=options.refine_smoothness, refine_learning_rate=options.refine_learning_rate),
-        config,
-        has_network,
-        description,
-    )
-    if options.refine is None and settings["iterations"] == 0:
-        settings["iterations"] = DEFAULT_REFINE
-    return {"refine": settings["iterations"], "refine_smoothness": settings["smoothness"], "refine_learning_rate": settings["learning_rate"]}
-
-
-def _run_network(fixed, moving, context, refine: int):
-    from ..pipelines.register import RegisterOptions, register_images
-
-    options = RegisterOptions(model=context["model"], device=context["device"], affine=context["affine"], refine_iterations=refine, qc=False)
-    if refine != 0:
-        options.refine_smoothness = context["refine_smoothness"]
-        options.refine_learning_rate = context["refine_learning_rate"]
-    result = register_images(fixed.image, moving.image, options, moving_labels=moving.labels, log=lambda message: None)
-    metrics = result.metrics
-    stats = {"folding_fraction": metrics["folding_fraction"], "std_log_jacobian": metrics["std_log_jacobian"]}
-    if metrics.get("fallback"):
-        stats["note"] = metrics["fallback"]
-    return result.warped_labels, stats
-
-
-def _to_ants(ants, image):
-    import numpy as np
-    import SimpleITK as sitk
-
-    array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0)  # [k, j, i] -> [i, j, k]
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    return ants.from_numpy(np.ascontiguousarray(array), origin=list(image.GetOrigin()), spacing=list(image.GetSpacing()), direction=direction)
-
-
-def _ants_warp_statistics(warp_path: str, affine_path: str | None, fixed_image) -> dict:
-    """Folding and std log det J of ANTs' whole forward transform ``p -> A(W(p))`` on the fixed
-    grid: det J = det(A) * det(I + grad w), w the SyN displacement (LPS mm, defined on the fixed
-    domain), by the same finite differences as ``register``."""
-    import numpy as np
-    import SimpleITK as sitk
-    import torch
-
-    from ..image.displacement import physical_to_flow
-    from ..image.io import same_grid
-    from ..tensor.jacobian import folding_statistics, jacobian_determinant
-
-    warp = sitk.ReadImage(warp_path)
-    if not same_grid(warp, fixed_image):
-        warp = sitk.Resample(warp, fixed_image, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkLinear, 0.0)
-    field_xyz = sitk.GetArrayFromImage(warp).astype(np.float64)
-    flow = torch.from_numpy(np.ascontiguousarray(physical_to_flow(field_xyz, fixed_image))).float()[None]
-    det = jacobian_determinant(flow)[0]
-    det_affine = 1.0
-    if affine_path:
-        det_affine = float(np.linalg.det(np.array(sitk.ReadTransform(affine_path).GetParameters()[:9]).reshape(3, 3)))
-    stats = folding_statistics(det * det_affine)
-    return {"folding_fraction": stats["folding_fraction"], "std_log_jacobian": stats["std_log_jacobian"]}
-
-
-def _run_ants(fixed, moving, context):
-    import numpy as np
-    import SimpleITK as sitk
-
-    from ..errors import VoxelMorphRegError
-
-    ants = context["ants"]
-    with tempfile.TemporaryDirectory(prefix="voxelmorphreg-ants-") as folder:
-        try:
-            fixed_a, moving_a = _to_ants(ants, fixed.image), _to_ants(ants, moving.image)
-            registration = ants.registration(fixed_a, moving_a, type_of_transform="SyN", outprefix=str(Path(folder) / "pair_"))
-            transforms = list(registration["fwdtransforms"])
-            labels_a = _to_ants(ants, moving.labels)
-            warped = ants.apply_transforms(fixed_a, labels_a, transformlist=transforms, interpolator="genericLabel")
-        except Exception as exc:  # ANTs raises RuntimeError/ValueError with multi-line text
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise VoxelMorphRegError(f"ANTs SyN failed on {moving.name} -> {fixed.name} ({first[:200]})") from None
-        array = np.rint(warped.numpy()).astype(np.int32).transpose(2, 1, 0)
-        warped_labels = sitk.GetImageFromArray(np.ascontiguousarray(array))
-        warped_labels.CopyInformation(fixed.labels)
-        warp_path = next((t for t in transforms if t.endswith((".nii.gz", ".nii", ".nrrd", ".mha")) and "Inverse" not in Path(t).name), None)
-        affine_path = next((t for t in transforms if t.endswith(".mat")), None)
-        if warp_path is None:
-            raise VoxelMorphRegError(f"ANTs SyN on {moving.name} -> {fixed.name} wrote no forward warp field ({transforms})")
-        stats = _ants_warp_statistics(warp_path, affine_path, fixed.image)
-    return warped_labels, stats
-
-
-def _runner(method: str, context):
-    if method == "none":
-        return _run_none
-    if method == "affine":
-        return _run_affine
-    if method == "network":
-        return lambda f, m, c: _run_network(f, m, c, 0)
-    if method == "network+refine":
-        return lambda f, m, c: _run_network(f, m, c, context["refine"])
-    return _run_ants
-
-
-# --------------------------------------------------------------------------- statistics and outputs
-
-
-def _nanmean(values) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _nanstd(values) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if len(values) < 2:
-        return float("nan")  # undefined for one pair
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def _cell(value, digits: int = 6):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return round(value, digits)
-    return value
-
-
-def _json_number(value, digits: int = 6):
-    if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
-        return None
-    return round(float(value), digits)
-
-
-def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
-def _results_csv(rows: list[dict], labels: list[int]) -> bytes:
-    header = ["fixed", "moving", "method", "mean_dice", "hd95_mm", "folding_fraction", "std_log_jacobian", "seconds"]
-    header += [f"dice_{label}" for label in labels] + [f"hd95_{label}" for label in labels]
-    table = []
-    for row in rows:
-        line = [row["fixed"], row["moving"], row["method"], _cell(row["mean_dice"]), _cell(row["hd95_mm"], 4), _cell(row["folding_fraction"], 8), _cell(row["std_log_jacobian"]), _cell(row["seconds"], 3)]
-        line += [_cell(row["dice"].get(label, float("nan"))) for label in labels]
-        line += [_cell(row["hd95"].get(label, float("nan")), 4) for label in labels]
-        table.append(line)
-    return _csv_bytes(header, table)
-
-
-def summarise(rows: list[dict], methods: list[str], skipped: dict, labels: list[int]) -> dict:
-    """Per method: mean and std over pairs of each pair's numbers, and per-label means."""
-    summary = {}
-    for method in methods:
-        if method in skipped:
-            summary[method] = {"skipped": skipped[method]}
-            continue
-        mine = [r for r in rows if r["method"] == method]
-        summary[method] = {
-            "pairs": len(mine),
-            "mean_dice": _nanmean(r["mean_dice"] for r in mine),
-            "mean_dice_std": _nanstd(r["mean_dice"] for r in mine),
-            "hd95_mm": _nanmean(r["hd95_mm"] for r in mine),
-            "hd95_mm_std": _nanstd(r["hd95_mm"] for r in mine),
-            "folding_percent": 100.0 * _nanmean(r["folding_fraction"] for r in mine),
-            "std_log_jacobian": _nanmean(r["std_log_jacobian"] for r in mine),
-            "seconds_per_pair": _nanmean(r["seconds"] for r in mine),
-            "dice_per_label": {label: _nanmean(r["dice"].get(label, float("nan")) for r in mine) for label in labels},
-            "hd95_per_label": {label: _nanmean(r["hd95"].get(label, float("nan")) for r in mine) for label in labels},
-            "labels_lost": sum(len(r.get("labels_lost", [])) for r in mine),
-        }
-    return summary
-
-
-def format_table(summary: dict) -> str:
-    """Markdown table: method | mean Dice (mean ± std over pairs) | HD95 | folded % | std log detJ | s/pair."""
-    header = ["method", "mean Dice", "HD95 (mm)", "folded %", "std log detJ", "s/pair", "pairs"]
-    lines = []
-    for method, values in summary.items():
-        if "skipped" in values:
-            lines.append([method, f"skipped: {values['skipped']}", "", "", "", "", "0"])
-            continue
-
-        def pm(mean, std, digits):
-            if math.isnan(mean):
-                return "n/a"
-            return f"{mean:.{digits}f} ± " + ("n/a" if math.isnan(std) else f"{std:.{digits}f}")
-
-        lines.append([
-            method,
-            pm(values["mean_dice"], values["mean_dice_std"], 3),
-            pm(values["hd95_mm"], values["hd95_mm_std"], 2),
-            "n/a" if math.isnan(values["folding_percent"]) else f"{values['folding_percent']:.4f}",
-            "n/a" if math.isnan(values["std_log_jacobian"]) else f"{values['std_log_jacobian']:.3f}",
-            f"{values['seconds_per_pair']:.2f}",
-            str(values["pairs"]),
-        ])
-    widths = [max(len(header[c]), *(len(line[c]) for line in lines)) if lines else len(header[c]) for c in range(len(header))]
-
-    def render(cells):
-        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
-
-    notes = [
-        f"note: {method} lost or invented {values['labels_lost']} label(s) over its pairs; HD95 leaves them out (see summary.json)"
-        for method, values in summary.items() if values.get("labels_lost")
-    ]
-    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(render(line) for line in lines), *notes])
-
-
-def _summary_csv(summary: dict, labels: list[int]) -> bytes:
-    header = ["method", "pairs", "mean_dice", "mean_dice_std", "hd95_mm", "hd95_mm_std", "folding_percent", "std_log_jacobian", "seconds_per_pair", "note"]
-    header += [f"dice_{label}" for label in labels]
-    table = []
-    for method, values in summary.items():
-        if "skipped" in values:
-            table.append([method, 0] + [""] * 7 + [f"skipped: {values['skipped']}"] + [""] * len(labels))
-            continue
-        line = [method, values["pairs"]] + [_cell(values[k], 8 if k == "folding_percent" else 6) for k in ("mean_dice", "mean_dice_std", "hd95_mm", "hd95_mm_std", "folding_percent", "std_log_jacobian", "seconds_per_pair")]
-        note = f"{values['labels_lost']} label(s) in one map only, left out of HD95" if values.get("labels_lost") else ""
-        line += [note] + [_cell(values["dice_per_label"][label]) for label in labels]
-        table.append(line)
-    return _csv_bytes(header, table)
-
-
-def draw_boxplot(rows: list[dict], methods: list[str], title: str) -> bytes:
-    """PNG bytes: a box of the per-pair mean Dice for every method that ran, pairs as dots."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    ran = [m for m in methods if any(r["method"] == m for r in rows)]
-    data = [[r["mean_dice"] for r in rows if r["method"] == m and not math.isnan(r["mean_dice"])] for m in ran]
-    fig = Figure(figsize=(max(4.0, 1.4 * len(ran) + 1.5), 4.5), dpi=100)
-    ax = fig.subplots()
-    if ran:
-        ax.boxplot(data, widths=0.5, showmeans=True, medianprops={"color": "tab:orange"}, meanprops={"marker": "^", "markerfacecolor": "tab:green", "markeredgecolor": "tab:green"})
-        rng = np.random.default_rng(0)
-        for position, values in enumerate(data, start=1):
-            ax.scatter(position + rng.uniform(-0.12, 0.12, len(values)), values, s=12, color="tab:blue", alpha=0.6, zorder=3)
-        ax.set_xticks(range(1, len(ran) + 1))
-        ax.set_xticklabels(ran)
-    ax.set_ylabel("mean Dice over labels (per pair)")
-    top = max([1.0] + [max(v) for v in data if v])
-    low = min([0.0] + [min(v) for v in data if v])
-    ax.set_ylim(low, top + 0.02)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _method_json(values: dict) -> dict:
-    if "skipped" in values:
-        return dict(values)
-    out = {"pairs": values["pairs"]}
-    for key in ("mean_dice", "mean_dice_std", "hd95_mm", "hd95_mm_std", "folding_percent", "std_log_jacobian", "seconds_per_pair"):
-        out[key] = _json_number(values[key], 8)
-    out["dice_per_label"] = {str(k): _json_number(v) for k, v in values["dice_per_label"].items()}
-    out["hd95_per_label"] = {str(k): _json_number(v, 4) for k, v in values["hd95_per_label"].items()}
-    out["labels_lost"] = values.get("labels_lost", 0)
-    return out
-
-
-def _versions(ants) -> dict:
-    versions = {}
-    for name in ("torch", "monai", "SimpleITK", "numpy"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # pragma: no cover - only for the record
-            pass
-    if ants is not None:
-        versions["antspyx"] = getattr(ants, "__version__", "unknown")
-    return versions
-
-
 # --------------------------------------------------------------------------- the evaluation
 
 
@@ -538,7 +202,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
     from ..image.io import ensure_output_folder, write_bytes
     from . import surface_metrics
     from .label_metrics import dice_per_label
-    from .train import sources_from
+    from .training_sources import sources_from
 
     methods = parse_methods(options.methods)
     if options.max_pairs is not None and options.max_pairs < 1:
@@ -560,14 +224,11 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
     involved = [n for n in names if any(n in pair for pair in pairs)]
 
     skipped: dict[str, str] = {}
-    refinement = None
-    if "network+refine" in methods:
-        refinement = _refinement_of(options)
-    elif options.refine_smoothness is not None or options.refine_learning_rate is not None:
+    if "network+refine" not in methods and (options.refine_smoothness is not None or options.refine_learning_rate is not None):
         raise VoxelMorphRegError("--refine-smoothness and --refine-learning-rate apply to the network+refine method, which is not among --methods")
-    context = {"model": options.model, "device": options.device, "affine": options.affine, "ants": None, **(refinement or {})}
+    context = {"ants": None, "network_methods": {}}
     if "ants" in methods:
-        context["ants"], why = _import_ants()
+        context["ants"], why = import_ants()
         if why:
             skipped["ants"] = why
     if "network" in methods and options.model == "none":
@@ -577,25 +238,21 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
     active = [m for m in methods if m not in skipped]
     if not active:
         raise VoxelMorphRegError("no requested method can run: " + "; ".join(f"{m}: {w}" for m, w in skipped.items()))
-
-    out = ensure_output_folder(options.out)
-    model_description = None
+    model_description = refinement = None
     if any(m.startswith("network") for m in active):
-        from ..checkpoint import load_checkpoint
-        from .register import bundled_model_path, select_device
-
-        device = select_device(options.device)  # fails now, not after hours, without CUDA
-        if options.model != "none":
-            path = bundled_model_path() if options.model in ("bundled", "") else Path(options.model)
-            load_checkpoint(path)  # a missing or broken model file fails now
-            model_description = str(path)
-            context["model"] = str(path)
-        else:
-            model_description = "none (optimisation only)"
-        if device.type == "cuda":
+        # The model is read once, on its device, for every pair and both network methods; a missing
+        # or broken model file, a bad refinement setting or a missing CUDA fail now, not after hours.
+        context["network_methods"] = prepare_network_methods(options, active)
+        loaded = next(iter(context["network_methods"].values()))[1]
+        model_description = loaded.description
+        if "network+refine" in context["network_methods"]:
+            refinement = context["network_methods"]["network+refine"][1].refinement
+        if loaded.device.type == "cuda":
             import torch
 
-            torch.zeros(1, device=device)  # CUDA start-up outside the first pair's time
+            torch.zeros(1, device=loaded.device)  # CUDA start-up outside the first pair's time
+
+    out = ensure_output_folder(options.out)
 
     # Read (and check) every subject once; the label set to evaluate.
     store = _SubjectStore(usable, names)
@@ -629,7 +286,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
         log(f"[pair {number}/{len(pairs)}] moving {moving_name} -> fixed {fixed_name}")
         for method in active:
             started = time.perf_counter()
-            warped_labels, stats = _runner(method, context)(fixed, moving, context)
+            warped_labels, stats = runner(method)(fixed, moving, context)
             seconds = time.perf_counter() - started
             warped = sitk.GetArrayFromImage(warped_labels)
             dice = dice_per_label(warped, fixed_array, labels)
@@ -640,7 +297,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
                 "moving": moving_name,
                 "method": method,
                 "mean_dice": float(np.mean(list(dice.values()))) if dice else float("nan"),
-                "hd95_mm": _nanmean(hd95.values()),
+                "hd95_mm": nanmean(hd95.values()),
                 "folding_fraction": float(stats["folding_fraction"]),
                 "std_log_jacobian": float(stats["std_log_jacobian"]),
                 "seconds": seconds,
@@ -656,11 +313,11 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
                 f"    {method:<15} Dice {row['mean_dice']:.4f}  HD95 {row['hd95_mm']:.2f} mm  folded {100 * row['folding_fraction']:.4f} %  "
                 f"std log detJ {row['std_log_jacobian']:.3f}  {seconds:.1f} s{extra}"
             )
-        write_bytes(_results_csv(rows, labels), out / "results.csv")  # progress survives an interruption
+        write_bytes(results_csv(rows, labels), out / "results.csv")  # progress survives an interruption
 
     summary = summarise(rows, methods, skipped, labels)
     table = format_table(summary)
-    write_bytes(_summary_csv(summary, labels), out / "summary.csv")
+    write_bytes(summary_csv(summary, labels), out / "summary.csv")
     title = f"{len(pairs)} ordered pairs of {len(involved)} subjects, mean Dice over {len(labels)} labels"
     write_bytes(draw_boxplot(rows, methods, title), out / "boxplot.png")
     definitions = dict(DEFINITIONS, hd95_mm=surface_metrics.DEFINITION)
@@ -672,11 +329,11 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
         "pairs": [{"fixed": f, "moving": m} for f, m in pairs],
         "labels": labels,
         "label_selection": label_note,
-        "methods": {method: _method_json(values) for method, values in summary.items()},
-        "refinement": None if refinement is None else {"iterations": refinement["refine"], "smoothness": refinement["refine_smoothness"], "learning_rate": refinement["refine_learning_rate"]},
+        "methods": {method: method_json(values) for method, values in summary.items()},
+        "refinement": refinement,
         "notes": [f"{m} skipped: {w}" for m, w in skipped.items()],
         "definitions": definitions,
-        "versions": _versions(context["ants"]),
+        "versions": versions(context["ants"]),
     }
     write_bytes(json.dumps(report, indent=2, ensure_ascii=False).encode(), out / "summary.json")
     log(f"results in {out}: results.csv, summary.csv, summary.json, boxplot.png")

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from .integration import integrate_velocity
-from .unet import VelocityUNet
+from .unet import ENCODER_FEATURES, SVF_LEVEL, VelocityUNet
 from .warping import resize_flow
+
+INTEGRATION_STEPS = 7  # scaling-and-squaring steps: the velocity is divided by 2**7 before the squarings
 
 
 @dataclass
@@ -25,7 +27,7 @@ class RegistrationNetwork(nn.Module):
     the inverse transform is :meth:`inverse_flow` of the same velocity.
     """
 
-    def __init__(self, encoder_features=(16, 32, 32, 32, 32), decoder_features=(32, 32, 32, 16), svf_level=0, integration_steps=7):
+    def __init__(self, encoder_features=ENCODER_FEATURES, decoder_features=None, svf_level=SVF_LEVEL, integration_steps=INTEGRATION_STEPS):
         super().__init__()
         self.unet = VelocityUNet(2, encoder_features, decoder_features, svf_level)
         self.integration_steps = integration_steps

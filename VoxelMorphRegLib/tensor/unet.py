@@ -9,6 +9,21 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 
+# The architecture's defaults, defined once (ModelConfig, RegistrationNetwork and VelocityUNet use them):
+# the bundled v1 model's architecture.
+ENCODER_FEATURES = (16, 32, 32, 32, 32)
+FULL_DECODER_FEATURES = (32, 32, 32, 16)  # a velocity at the input resolution (svf_level 0); each level up drops the last
+SVF_LEVEL = 1
+
+
+def decoder_features_for(svf_level: int = SVF_LEVEL, encoder_features: Sequence[int] = ENCODER_FEATURES) -> tuple:
+    """The default decoder of an ``encoder_features`` U-Net whose velocity is at input / 2**svf_level."""
+    count = len(encoder_features) - 1 - svf_level
+    if count > len(FULL_DECODER_FEATURES):
+        raise ValueError(f"no default decoder for {len(encoder_features)} encoder levels; give decoder_features")
+    return tuple(FULL_DECODER_FEATURES[: max(count, 0)])
+
+
 def _conv(in_channels: int, out_channels: int, stride: int = 1) -> Convolution:
     return Convolution(
         spatial_dims=3,
@@ -33,12 +48,14 @@ class VelocityUNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 2,
-        encoder_features: Sequence[int] = (16, 32, 32, 32, 32),
-        decoder_features: Sequence[int] = (32, 32, 32, 16),
-        svf_level: int = 0,
+        encoder_features: Sequence[int] = ENCODER_FEATURES,
+        decoder_features: Sequence[int] | None = None,  # None: decoder_features_for(svf_level, encoder_features)
+        svf_level: int = SVF_LEVEL,
     ):
         super().__init__()
         levels = len(encoder_features) - 1
+        if decoder_features is None and 0 <= svf_level < levels:
+            decoder_features = decoder_features_for(svf_level, encoder_features)
         if not 0 <= svf_level < levels:
             raise ValueError(f"svf_level must be in [0, {levels - 1}], got {svf_level}")
         if len(decoder_features) != levels - svf_level:
