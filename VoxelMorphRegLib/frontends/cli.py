@@ -108,7 +108,6 @@ def _run_train(args, log, events):
     from pathlib import Path
 
     from ..checkpoint import ModelConfig, load_checkpoint
-    from ..tensor.unet import decoder_features_for
     from ..pipelines import train as training
 
     if args.init:
@@ -116,7 +115,7 @@ def _run_train(args, log, events):
     elif not 0 <= args.svf_level <= 3:
         raise VoxelMorphRegError(f"--svf-level must be between 0 and 3, got {args.svf_level}")
     else:
-        config = ModelConfig(spacing=[args.spacing] * 3, svf_level=args.svf_level, decoder_features=list(decoder_features_for(args.svf_level)))
+        config = ModelConfig(spacing=[args.spacing] * 3, svf_level=args.svf_level, decoder_features=[32, 32, 32, 16][: 4 - args.svf_level])
     for name, value in (("iterations", args.default_refine), ("smoothness", args.default_refine_smoothness), ("learning_rate", args.default_refine_learning_rate)):
         if value is not None:
             setattr(config, f"default_refine_{name}", value)
@@ -198,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from . import signals
+
+    previous_handlers = signals.install()  # SIGTERM and SIGHUP end a run as Ctrl-C does (frontends/signals.py)
+    try:
+        return _main(argv)
+    finally:
+        signals.restore(previous_handlers)
+
+
+def _main(argv) -> int:
+    from .signals import interruption
+
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -218,15 +229,20 @@ def main(argv=None) -> int:
         print(f"voxelmorphreg: error: {exc}", file=sys.stderr)
         channel.emit(Error(str(exc), exc.exit_code))
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("voxelmorphreg: interrupted", file=sys.stderr)
-        channel.emit(Interrupted("interrupted", 130))
-        return 130
-    except MemoryError:
-        message = "out of memory; try a smaller volume or --device cpu on a machine with more memory"
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP
+        message, code = interruption(exc)
+        print(f"voxelmorphreg: {message}", file=sys.stderr)
+        channel.emit(Interrupted(message, code))
+        return code
+    except (MemoryError, RuntimeError) as exc:  # a failed allocation in ITK or PyTorch; any other RuntimeError is a bug
+        from ..pipelines.memory_guard import allocation_failure
+
+        message = allocation_failure(exc)
+        if message is None:
+            raise
         print(f"voxelmorphreg: error: {message}", file=sys.stderr)
-        channel.emit(Error(message, 3))
-        return 3
+        channel.emit(Error(message, 2))
+        return 2
     finally:
         channel.close()
     return 0

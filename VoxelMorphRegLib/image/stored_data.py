@@ -106,14 +106,14 @@ def _scan_nifti(path: Path) -> StoredData:
     opener = gzip.open if compressed else open
     with _stream_errors(), opener(path, "rb") as stream:
         head = stream.read(540)
-        if len(head) < 348:
-            raise DamagedFile(f"is truncated: {len(head)} bytes, shorter than a NIfTI header")
         for order in "<>":
-            size = struct.unpack(order + "i", head[:4])[0]
+            size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
             if size in (348, 540):
                 break
         else:
             return StoredData(0, 0, "int", compressed, False)  # not a NIfTI header: ITK will say so
+        if len(head) < 348:
+            raise DamagedFile(f"is truncated: {len(head)} bytes, shorter than a NIfTI header")
         if size == 348:
             dims = struct.unpack(order + "8h", head[40:56])
             datatype, bitpix = struct.unpack(order + "2h", head[70:74])
