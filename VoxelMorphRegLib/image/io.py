@@ -210,3 +210,50 @@ def write_bytes(data: bytes, path) -> Path:
     with atomic_path(path) as temporary:
         Path(temporary).write_bytes(data)
     return path
+
+
+NIFTI_INTENT_DISPVECT = 1006  # NIfTI-1 intent code of a displacement vector field
+
+
+def write_nifti_displacement(field: sitk.Image, path, compression_level: int = 6) -> Path:
+    """Write a displacement field (3 components, mm, LPS as ITK holds it) as NIfTI with intent 1006.
+
+    A NIfTI displacement field (intent 1006, "displacement vector") holds its vectors in RAS: ITK
+    5.4 (the one in SimpleITK and ANTs), and Slicer's ITK since Slicer 5.2, turn them into LPS when
+    they read such a file, and Slicer warns about a displacement field with any other intent.
+    SimpleITK cannot write that intent itself (ITK's RAS conversion refuses its variable-length
+    vectors), so the RAS vectors are written with ITK's default vector intent and the header's
+    intent code is set afterwards, before compressing. Not atomic: write to a temporary name.
+    """
+    import gzip
+    import shutil
+    import struct
+
+    path = Path(path)
+    if field.GetDimension() != 3 or field.GetNumberOfComponentsPerPixel() != 3:
+        raise ValueError("a displacement field has 3 dimensions and 3 components per voxel")
+    vectors = sitk.GetArrayFromImage(field)
+    vectors[..., :2] *= -1  # LPS -> RAS
+    ras = sitk.GetImageFromArray(vectors, isVector=True)
+    ras.CopyInformation(field)
+    del vectors
+    handle, plain = tempfile.mkstemp(prefix=".voxelmorphreg-", suffix=".nii", dir=str(path.parent))
+    os.close(handle)
+    try:
+        sitk.WriteImage(ras, plain, False)
+        with open(plain, "r+b") as stream:
+            header_size = stream.read(4)
+            order = "<" if struct.unpack("<i", header_size)[0] == 348 else ">"
+            if struct.unpack(f"{order}i", header_size)[0] != 348:
+                raise VoxelMorphRegError(f"{path}: ITK did not write a NIfTI-1 header")
+            stream.seek(68)  # intent_code (short)
+            stream.write(struct.pack(f"{order}h", NIFTI_INTENT_DISPVECT))
+        if path.name.endswith(".gz"):
+            with open(plain, "rb") as source, gzip.open(path, "wb", compresslevel=compression_level) as target:
+                shutil.copyfileobj(source, target, 16 << 20)
+        else:
+            os.replace(plain, path)
+    finally:
+        if os.path.exists(plain):
+            os.remove(plain)
+    return path
