@@ -14,7 +14,8 @@ import torch
 
 from .errors import VoxelMorphRegError
 from .image.io import atomic_path
-from .tensor.registration_network import RegistrationNetwork
+from .tensor.registration_network import INTEGRATION_STEPS, RegistrationNetwork
+from .tensor.unet import ENCODER_FEATURES, SVF_LEVEL, decoder_features_for
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "voxelmorphreg-checkpoint"
@@ -22,10 +23,11 @@ FORMAT_NAME = "voxelmorphreg-checkpoint"
 
 @dataclass
 class ModelConfig:
-    encoder_features: list = field(default_factory=lambda: [16, 32, 32, 32, 32])
-    decoder_features: list = field(default_factory=lambda: [32, 32, 32])
-    svf_level: int = 1
-    integration_steps: int = 7
+    # Architecture: the defaults of tensor.unet / tensor.registration_network (the bundled v1 model's).
+    encoder_features: list = field(default_factory=lambda: list(ENCODER_FEATURES))
+    decoder_features: list = field(default_factory=lambda: list(decoder_features_for(SVF_LEVEL)))
+    svf_level: int = SVF_LEVEL
+    integration_steps: int = INTEGRATION_STEPS
     spacing: list = field(default_factory=lambda: [2.0, 2.0, 2.0])  # model grid, mm
     orientation: str = "LIA"  # model grid axes, SimpleITK orientation code
     intensity: dict = field(default_factory=lambda: {"method": "percentile", "low": 0.5, "high": 99.5})

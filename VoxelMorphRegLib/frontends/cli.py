@@ -108,6 +108,7 @@ def _run_train(args, log, events):
     from pathlib import Path
 
     from ..checkpoint import ModelConfig, load_checkpoint
+    from ..tensor.unet import decoder_features_for
     from ..pipelines import train as training
 
     if args.init:
@@ -115,7 +116,7 @@ def _run_train(args, log, events):
     elif not 0 <= args.svf_level <= 3:
         raise VoxelMorphRegError(f"--svf-level must be between 0 and 3, got {args.svf_level}")
     else:
-        config = ModelConfig(spacing=[args.spacing] * 3, svf_level=args.svf_level, decoder_features=[32, 32, 32, 16][: 4 - args.svf_level])
+        config = ModelConfig(spacing=[args.spacing] * 3, svf_level=args.svf_level, decoder_features=list(decoder_features_for(args.svf_level)))
     for name, value in (("iterations", args.default_refine), ("smoothness", args.default_refine_smoothness), ("learning_rate", args.default_refine_learning_rate)):
         if value is not None:
             setattr(config, f"default_refine_{name}", value)

@@ -8,9 +8,6 @@ labels through that field with ``sitk.Resample`` -> Jacobian, metrics, files, QC
 
 from __future__ import annotations
 
-import math
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,46 +17,24 @@ import SimpleITK as sitk
 import torch
 
 from .. import contract
-from ..checkpoint import ModelConfig, load_checkpoint
 from ..contract import Done, Message, Progress, RegisterOptions, Stage, no_events
-from ..errors import CancelledError, VoxelMorphRegError
+from ..errors import CancelledError
 from ..image.affine import affine_register
 from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, physical_to_flow, vector_image
 from ..image.io import ensure_output_folder, read_labels, read_volume
 from ..image.output_set import OutputSet
-from ..image.model_grid import orientation_of, resample_to
+from ..image.model_grid import resample_to
 from ..image.preprocessing import grid_for, image_on_grid
-from ..tensor.devices import select_device
+from ..model_resolution import bundled_model_path, model_search_path  # noqa: F401 (re-exported)
 from ..tensor.jacobian import folding_statistics, jacobian_determinant
 from ..tensor.refinement import refine_velocity, zero_velocity
 from .label_metrics import dice_per_label
 from .memory_guard import check_memory
+from .loaded_model import DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS, LoadedModel, load_model, refinement_settings  # noqa: F401 (re-exported)
 
-MODEL_FILE = "voxelmorphreg_v1.pt"
 # Fields are written as float64 (what sitk.DisplacementFieldTransform takes) rounded to 1/1024 mm:
 # an error below 0.0005 mm that lets gzip shrink the files about fourfold.
 FIELD_QUANTUM_MM = 1.0 / 1024
-# Per-pair optimisation without a model (``--model none``): the bundled model's refinement settings.
-DEFAULT_NONE_REFINEMENT = 200
-DEFAULT_NONE_SMOOTHNESS = 0.3
-
-
-def model_search_path() -> list[Path]:
-    """Where the bundled model is looked for, first match wins."""
-    places = []
-    if os.environ.get("VOXELMORPHREG_MODEL_DIR"):
-        places.append(Path(os.environ["VOXELMORPHREG_MODEL_DIR"]))
-    places.append(Path(__file__).resolve().parents[2] / "Resources" / "Models")  # module folder / checkout
-    places.append(Path(sys.prefix) / "share" / "voxelmorphreg" / "models")  # pip install of the wheel
-    return places
-
-
-def bundled_model_path() -> Path:
-    for place in model_search_path():
-        if (place / MODEL_FILE).is_file():
-            return place / MODEL_FILE
-    searched = ", ".join(str(p) for p in model_search_path())
-    raise VoxelMorphRegError(f"bundled model {MODEL_FILE} not found (looked in {searched}); pass --model FILE or --model none")
 
 
 @dataclass
@@ -102,54 +77,13 @@ class _Stages:
         return self.seconds
 
 
-def load_model(spec: str, fixed: sitk.Image):
-    """``(network or None, config, description)`` for a model spec (path, 'bundled' or 'none')."""
-    if spec == "none":
-        config = ModelConfig(orientation=orientation_of(fixed) if fixed is not None else "LIA", default_refine_iterations=DEFAULT_NONE_REFINEMENT, default_refine_smoothness=DEFAULT_NONE_SMOOTHNESS)
-        return None, config, "none (optimisation only)"
-    path = bundled_model_path() if spec in ("bundled", "", None) else Path(spec)
-    network, config, _ = load_checkpoint(path)
-    return network, config, str(path)
-
-
-def refinement_settings(options: RegisterOptions, config: ModelConfig, has_network: bool, model_name: str = "the model") -> dict:
-    """The refinement's iterations, smoothness weight and step size: the options where given, else
-    the model's defaults (``load_model`` gives ``--model none`` its own). Each value is checked
-    where it comes from; a bad one gets a one-line error naming the option or the model that set it."""
-
-    def chosen(option, flag: str, field: str, kind=float):
-        source, value = (flag, option) if option is not None else (f"{model_name}: {field}", getattr(config, field))
-        try:
-            value = kind(value)
-        except (TypeError, ValueError):
-            raise VoxelMorphRegError(f"{source} must be a number, got {value!r}") from None
-        if not math.isfinite(value):
-            raise VoxelMorphRegError(f"{source} must be a finite number, got {value}")
-        return source, value
-
-    source, iterations = chosen(options.refine_iterations, "--refine", "default_refine_iterations", int)
-    if iterations < 0:
-        raise VoxelMorphRegError(f"{source} must be >= 0, got {iterations}")
-    if not has_network and iterations == 0:
-        raise VoxelMorphRegError(f"--model none has no network: it needs --refine N with N > 0 (default {DEFAULT_NONE_REFINEMENT})")
-    source, smoothness = chosen(options.refine_smoothness, "--refine-smoothness", "default_refine_smoothness")
-    if smoothness < 0:
-        raise VoxelMorphRegError(f"{source} must be a finite number >= 0, got {smoothness}")
-    source, learning_rate = chosen(options.refine_learning_rate, "--refine-learning-rate", "default_refine_learning_rate")
-    if learning_rate <= 0:
-        raise VoxelMorphRegError(f"{source} must be a finite number > 0, got {learning_rate}")
-    return {"iterations": iterations, "smoothness": smoothness, "learning_rate": learning_rate}
-
-
-def _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop, events=no_events):
+def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, log, should_stop, events=no_events):
     """Run the network (and refinement) on ``device``; returns (flow, inverse flow) as NumPy, voxel units."""
-    model = network if network is not None else config.build()
-    if options.integration_steps is not None:
-        model.integration_steps = int(options.integration_steps)
-    model = model.to(device).eval()
+    model = loaded.module().to(device)  # a no-op where it is already there; back from the CPU after a fall-back
+    refinement = loaded.refinement
     moving_t, fixed_t = moving_t.to(device), fixed_t.to(device)
     shape = moving_t.shape[2:]
-    if network is not None:
+    if loaded.has_network:
         stages.start("network", 40, f"network inference on {device.type.upper()}")
         with torch.inference_mode():
             velocity = model.unet(moving_t, fixed_t).float()
@@ -181,18 +115,20 @@ def _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement,
     return flow[0].cpu().numpy(), inverse[0].cpu().numpy(), model.integration_steps
 
 
-def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions | None = None, moving_labels: sitk.Image | None = None, fixed_labels: sitk.Image | None = None, log=print, should_stop=lambda: False, events=no_events) -> RegistrationResult:
+def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions | None = None, moving_labels: sitk.Image | None = None, fixed_labels: sitk.Image | None = None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both float32 SimpleITK volumes, already checked).
 
+    ``model``: a :class:`LoadedModel` prepared once for many pairs; it brings the network, device,
+    refinement and integration steps, and ``options`` then only say ``affine`` (and ``qc`` for
+    :func:`register_files`). Without it the model of ``options`` is loaded for this pair.
     ``log`` gets the human lines, ``events`` the :mod:`~VoxelMorphRegLib.contract` events."""
     options = options or RegisterOptions()
     stages = _Stages(log, events)
-    device = select_device(options.device)
-    stages.start("model", 5, "loading the model")
-    network, config, model_description = load_model(options.model, fixed)
-    refinement = refinement_settings(options, config, network is not None, model_description)
-    if options.integration_steps is not None and not 0 <= options.integration_steps <= 20:
-        raise VoxelMorphRegError(f"--integration-steps must be between 0 and 20, got {options.integration_steps}")
+    if model is None:
+        stages.start("model", 5, "loading the model")
+        model = load_model(options)
+    device, refinement, model_description = model.device, model.refinement, model.description
+    config = model.config_for(fixed)
     memory = check_memory(fixed, moving, config)  # one-line error before any work when it would not fit
 
     affine = None
@@ -211,16 +147,14 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
 
     used_device, fallback = device, None
     try:
-        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, device, stages, log, should_stop, events)
+        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, device, stages, log, should_stop, events)
     except torch.cuda.OutOfMemoryError:
         fallback = "CUDA ran out of memory; fell back to the CPU"
         log(f"warning: {fallback}")
         events(Message(fallback, "warning"))
         torch.cuda.empty_cache()
         used_device = torch.device("cpu")
-        if network is not None:
-            network = network.cpu()
-        flow, inverse_flow, steps = _velocity_and_flows(network, config, moving_t, fixed_t, options, refinement, used_device, stages, log, should_stop, events)
+        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, used_device, stages, log, should_stop, events)
     if should_stop():
         raise CancelledError("registration cancelled")
 
@@ -238,8 +172,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         warped_labels = sitk.Resample(moving_labels, fixed, transform, sitk.sitkNearestNeighbor, 0, moving_labels.GetPixelID())
 
     stages.start("metrics", 85, "Jacobian determinant and metrics")
-    flow_fixed = torch.from_numpy(physical_to_flow(sitk.GetArrayViewFromImage(displacement), fixed, dtype=np.float32))[None]
-    determinant = jacobian_determinant(flow_fixed)[0]
+    determinant = jacobian_of(displacement)
     jacobian = sitk.GetImageFromArray((np.round(determinant.numpy() * 4096) / 4096).astype(np.float32))
     jacobian.CopyInformation(fixed)
     metrics = {
@@ -270,6 +203,15 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
     return RegistrationResult(warped, displacement, inverse_displacement, jacobian, warped_labels, affine, metrics)
 
 
+def jacobian_of(displacement: sitk.Image) -> torch.Tensor:
+    """det J of ``p -> p + u(p)`` for a displacement image ``u`` (LPS mm) on its own grid, ``[K, J, I]``.
+
+    The field is first expressed in the grid's index axes, so central differences in voxels are
+    right on oblique, anisotropic grids too (see docs/GEOMETRY.md); evaluate uses it for ANTs' field."""
+    flow = torch.from_numpy(physical_to_flow(sitk.GetArrayViewFromImage(displacement), displacement, dtype=np.float32))[None]
+    return jacobian_determinant(flow)[0]
+
+
 def _quantised(field: np.ndarray) -> np.ndarray:
     """``field`` rounded to FIELD_QUANTUM_MM, in place (the arrays are large)."""
     field *= 1.0 / FIELD_QUANTUM_MM
@@ -296,7 +238,7 @@ def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
     return report
 
 
-def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False, events=no_events) -> RegistrationResult:
+def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None) -> RegistrationResult:
     """Read, register and write every output into ``out_dir`` (see README: Outputs).
 
     Emits the run's events on ``events``: Stage (read ... write), Progress (refinement), Done."""
@@ -310,7 +252,7 @@ def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | 
     moving_label_image = read_labels(moving_labels, reference=moving, name=f"moving labels {moving_labels}") if moving_labels else None
     fixed_label_image = read_labels(fixed_labels, reference=fixed, name=f"fixed labels {fixed_labels}") if fixed_labels else None
     read_seconds = time.perf_counter() - started
-    result = register_images(fixed, moving, options, moving_label_image, fixed_label_image, log, should_stop, events)
+    result = register_images(fixed, moving, options, moving_label_image, fixed_label_image, log, should_stop, events, model)
 
     text = "writing the results" + (" and drawing qc.png" if options.qc else "")
     log(f"[ 90%] {text}")
