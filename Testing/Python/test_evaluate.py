@@ -14,7 +14,7 @@ from conftest import blob_labels, blob_volume, rotation
 
 from VoxelMorphRegLib.checkpoint import ModelConfig, save_checkpoint
 from VoxelMorphRegLib.errors import VoxelMorphRegError
-from VoxelMorphRegLib.pipelines import evaluate
+from VoxelMorphRegLib.pipelines import evaluate, evaluation_methods
 from VoxelMorphRegLib.pipelines.surface_metrics import hd95_per_label
 
 SPACING = (1.5, 1.0, 1.25)  # (i, j, k) mm: anisotropic, so that HD95 must use the right axis
@@ -299,3 +299,40 @@ def test_command_line_wiring(cube_set, tmp_path, capsys):
     assert "| none" in captured.out and captured.err == ""
     assert cli.main(["evaluate", "--data", str(cube_set), "--out", str(tmp_path / "out"), "--methods", "bogus"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+# --------------------------------------------------------------------------- the ANTs adapter on synthetic files
+
+
+def _linear_field(image, matrix):
+    """A displacement image u(p) = B p (LPS mm) on ``image``'s grid: det(I + grad u) = det(I + B) everywhere."""
+    from VoxelMorphRegLib.image.displacement import physical_points, vector_image
+
+    return vector_image(physical_points(image) @ np.asarray(matrix).T, image)
+
+
+def test_jacobian_of_is_right_on_oblique_grids_where_itks_filter_is_not():
+    from VoxelMorphRegLib.pipelines.register import jacobian_of
+
+    grid = sitk.Image(16, 16, 16, sitk.sitkFloat32)
+    grid.SetSpacing((1.0, 1.5, 2.0))
+    grid.SetDirection(rotation(0.4, 0.3, -0.5).flatten().tolist())
+    matrix = np.array([[0.2, 0.1, 0.0], [0.0, 0.0, 0.3], [0.1, 0.0, -0.1]])
+    field = _linear_field(grid, matrix)
+    truth = np.linalg.det(np.eye(3) + matrix)
+    assert abs(float(jacobian_of(field)[8, 8, 8]) - truth) < 1e-4
+    assert abs(sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))[8, 8, 8] - truth) > 0.05  # why the project keeps its own
+
+
+def test_ants_statistics_of_a_synthetic_warp_and_affine(tmp_path):
+    """ANTs' forward transform is the affine then the SyN field: det J = det(A) * det(I + grad w)."""
+    fixed = blob_volume(size=(16, 16, 16), spacing=(1.2, 1.0, 1.4), direction=rotation(0.2, -0.1, 0.3))
+    warp_path, affine_path = str(tmp_path / "pair_1Warp.nii.gz"), str(tmp_path / "pair_0GenericAffine.mat")
+    sitk.WriteImage(_linear_field(fixed, 0.1 * np.eye(3)), warp_path)  # det(I + grad w) = 1.1**3
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix((0.9, 0, 0, 0, 1.0, 0, 0, 0, 1.0))  # det 0.9
+    sitk.WriteTransform(affine, affine_path)
+    stats = evaluation_methods.ants_warp_statistics(warp_path, affine_path, fixed)
+    assert stats == {"folding_fraction": 0.0, "std_log_jacobian": pytest.approx(0.0, abs=1e-5)}
+    sitk.WriteImage(_linear_field(fixed, -1.5 * np.eye(3)), warp_path)  # det(I + grad w) = -0.125: folded everywhere
+    assert evaluation_methods.ants_warp_statistics(warp_path, None, fixed)["folding_fraction"] == 1.0

@@ -1,4 +1,4 @@
-"""GEOMETRY.md in the image layer: voxel flows to LPS mm, the fixed-to-moving direction, the affine composition.
+"""docs/GEOMETRY.md in the image layer: voxel flows to LPS mm, the fixed-to-moving direction, the affine composition.
 
 Each test here fails if one convention is broken: [k, j, i] channel order, grid_sample's
 (x, y, z) order, spacing or direction left out, displacement sign, composition order.

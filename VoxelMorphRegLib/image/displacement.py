@@ -1,6 +1,6 @@
 """Displacement fields in physical space: voxel flows to LPS millimetres, composition with the affine.
 
-Conventions (GEOMETRY.md): a fixed-to-moving field ``u`` on the fixed grid, LPS mm, with
+Conventions (docs/GEOMETRY.md): a fixed-to-moving field ``u`` on the fixed grid, LPS mm, with
 ``T(p) = p + u(p)`` mapping a fixed physical point to the moving one -- what
 ``sitk.DisplacementFieldTransform`` stores and what ``sitk.Resample(moving, fixed, T)`` uses.
 """

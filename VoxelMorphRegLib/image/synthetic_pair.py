@@ -1,6 +1,6 @@
 """A moving image made from a fixed one with a known deformation, and errors against that truth.
 
-Directions (GEOMETRY.md). A random stationary velocity ``v`` on the fixed voxel grid is
+Directions (docs/GEOMETRY.md). A random stationary velocity ``v`` on the fixed voxel grid is
 integrated into a diffeomorphism: ``F = exp(v) - id`` and ``G = exp(-v) - id``, its inverse.
 The moving image is the fixed one pulled through ``F``::
 

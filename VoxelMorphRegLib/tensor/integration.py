@@ -1,4 +1,8 @@
-"""Scaling and squaring: exponentiate a stationary velocity field into a displacement."""
+"""Scaling and squaring: exponentiate a stationary velocity field into a displacement.
+
+Kept rather than MONAI's ``DVF2DDF`` (the same squarings): that one pads with zeros, pulling the
+field to zero at the image border, where this one extends it (``padding_mode="border"``).
+"""
 
 from __future__ import annotations
 

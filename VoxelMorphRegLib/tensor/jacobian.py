@@ -1,4 +1,9 @@
-"""Jacobian determinant of a displacement and the folding statistics reported with every result."""
+"""Jacobian determinant of a displacement and the folding statistics reported with every result.
+
+Kept rather than ITK's ``DisplacementFieldJacobianDeterminantFilter``: callers hand it a flow in
+the grid's own index axes (``physical_to_flow``), which makes it right on oblique grids, where
+differences scaled by the spacing alone are not (docs/GEOMETRY.md, Jacobians).
+"""
 
 from __future__ import annotations
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .integration import integrate_velocity
+from .integration import DEFAULT_STEPS, integrate_velocity
 from .unet import ENCODER_FEATURES, SVF_LEVEL, VelocityUNet
 from .warping import resize_flow
 
-INTEGRATION_STEPS = 7  # scaling-and-squaring steps: the velocity is divided by 2**7 before the squarings
+INTEGRATION_STEPS = DEFAULT_STEPS  # scaling-and-squaring steps of a new model (a checkpoint stores its own)
 
 
 @dataclass

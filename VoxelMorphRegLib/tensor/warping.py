@@ -1,6 +1,6 @@
 """Spatial transformer: resample a tensor through a displacement field.
 
-Conventions (see GEOMETRY.md):
+Conventions (see docs/GEOMETRY.md):
 
 * Tensors are ``[B, C, K, J, I]`` (slowest axis first, as NumPy views of ITK/Slicer images).
 * A displacement ``flow`` is ``[B, 3, K, J, I]`` in *voxel units* of the grid it lives on, its
@@ -10,6 +10,10 @@ Conventions (see GEOMETRY.md):
 * ``grid_sample`` wants ``(x, y, z) = (i, j, k)`` normalised to ``[-1, 1]`` with
   ``align_corners=True`` (voxel centre 0 -> -1, voxel centre n-1 -> +1), so the channels are
   reversed and scaled here, in float32 whatever the autocast state.
+
+Kept rather than MONAI's ``Warp`` (the same normalisation): this one casts the flow and the
+sampling grid to float32 under autocast, which MONAI's leaves to the caller, and ``resize_flow``
+beside it has no MONAI counterpart.
 """
 
 from __future__ import annotations
