@@ -237,8 +237,9 @@ def write_nifti_displacement(field: sitk.Image, path, compression_level: int = 6
     ras = sitk.GetImageFromArray(vectors, isVector=True)
     ras.CopyInformation(field)
     del vectors
-    handle, plain = tempfile.mkstemp(prefix=".voxelmorphreg-", suffix=".nii", dir=str(path.parent))
-    os.close(handle)
+    # Named after ``path``: when ``path`` is an output set's temporary file, so is this one, and a
+    # run killed meanwhile has it removed with the rest (image/output_set.py).
+    plain = str(path.parent / f"{path.name}.plain.nii")
     try:
         sitk.WriteImage(ras, plain, False)
         with open(plain, "r+b") as stream:

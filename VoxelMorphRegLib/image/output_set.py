@@ -76,9 +76,11 @@ class OutputSet:
     def temporary(self, name: str) -> Path:
         return self.folder / f"{PREFIX}{self.run}-{name}"
 
-    def add_image(self, name: str, image: sitk.Image) -> None:
-        """Write ``image`` (compressed where the format allows) and verify it, in the background."""
-        self._submit(name, _write_image, image, self.temporary(name), self.folder / name)
+    def add_image(self, name: str, image: sitk.Image, write=None) -> None:
+        """Write ``image`` (compressed where the format allows) and verify it, in the background.
+
+        ``write(image, path)``: another writer than ``sitk.WriteImage`` (such as io.write_nifti_displacement)."""
+        self._submit(name, _write_image, image, self.temporary(name), self.folder / name, write)
 
     def add_bytes(self, name: str, data: bytes) -> None:
         self._submit(name, _write_bytes, bytes(data), self.temporary(name), self.folder / name)
@@ -204,9 +206,14 @@ def _manifest_files(path: Path) -> list[str]:
 # ---------------------------------------------------------------------- one file
 
 
-def _write_image(image: sitk.Image, temporary: Path, final: Path) -> dict:
+def _write_image(image: sitk.Image, temporary: Path, final: Path, write=None) -> dict:
     try:
-        sitk.WriteImage(image, str(temporary), useCompression=True)
+        if write is None:
+            sitk.WriteImage(image, str(temporary), useCompression=True)
+        else:
+            write(image, temporary)
+    except OSError as exc:
+        raise _write_error(final, exc.strerror or str(exc)) from None
     except RuntimeError as exc:
         raise _write_error(final, str(exc).strip().splitlines()[-1] if str(exc).strip() else "ITK could not write it") from None
     except MemoryError:

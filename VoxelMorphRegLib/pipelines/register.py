@@ -21,7 +21,7 @@ from ..contract import Done, Message, Progress, RegisterOptions, Stage, no_event
 from ..errors import CancelledError
 from ..image.affine import affine_register
 from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, physical_to_flow, vector_image
-from ..image.io import ensure_output_folder, read_labels, read_volume
+from ..image.io import ensure_output_folder, read_labels, read_volume, write_nifti_displacement
 from ..image.output_set import OutputSet
 from ..image.model_grid import resample_to
 from ..image.preprocessing import grid_for, image_on_grid
@@ -269,7 +269,8 @@ def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | 
     with OutputSet(out) as outputs:
         for name, image in files.items():
             if image is not None:
-                outputs.add_image(name, image)
+                # fields as NIfTI displacement vectors (intent 1006), the form Slicer reads without a warning
+                outputs.add_image(name, image, write_nifti_displacement if name in (contract.DISPLACEMENT, contract.INVERSE_DISPLACEMENT) else None)
         if options.qc:
             from .qc_figure import draw_qc
 
