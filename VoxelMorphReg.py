@@ -251,6 +251,12 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         p = self._parameterNode
+        # Scenes saved by earlier versions of the module kept "model default" as -1 iterations,
+        # a negative smoothness and 0 integration steps (the spin box now starts at 1).
+        for name, isOldDefault in (("refineIterations", lambda v: v < 0), ("refineSmoothness", lambda v: v < 0), ("integrationSteps", lambda v: v <= 0)):
+            value = getattr(p, name)
+            if value is not None and isOldDefault(value):
+                setattr(p, name, None)
         volumes = [v for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if isScalarVolume(v)]
         if not p.fixedVolume and volumes:
             p.fixedVolume = volumes[0]

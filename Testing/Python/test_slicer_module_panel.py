@@ -1,0 +1,253 @@
+"""The module's panels and Logic, run with the application stand-ins of slicer_app_fakes on the real MRML.
+
+Each test is one of the issue-12 defects as a user meets it in the panel: choices that must survive
+leaving and re-entering the module (Slicer 5.6/5.8's connectGui), a panel that must not stay stuck
+when showing the results fails, Register/Train disabled while PyTorch is installed, the device label
+after the install, distinct fixed and moving volumes, "model default" settings that are None, and a
+training whose plot cannot be built leaving no engine running.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import require_slicer_core
+
+require_slicer_core()
+sitk = pytest.importorskip("SimpleITK")
+
+import slicer_app_fakes  # noqa: E402
+
+
+def _volume(slicer, name, seed):
+    from VoxelMorphRegLib.mrml import volumes
+
+    rng = np.random.default_rng(seed)
+    image = sitk.GetImageFromArray((rng.random((10, 12, 14)) * 100).astype(np.float32))
+    image.SetSpacing((1.5, 1.5, 1.5))
+    return volumes.sitk_to_volume(image, scene=slicer.mrmlScene, name=name)
+
+
+@pytest.fixture(params=[(5, 6), (5, 10)], ids=["slicer5.6", "slicer5.10"])
+def app(request, monkeypatch, tmp_path):
+    module, slicer, messages = slicer_app_fakes.install(monkeypatch, tmp_path, version=request.param)
+    from VoxelMorphRegLib.mrml import environment
+
+    monkeypatch.setattr(environment, "missing_packages", lambda names=environment.REQUIRED_PACKAGES: [])
+    monkeypatch.setattr(environment, "dependency_problems", lambda: [])
+
+    class Probe:  # the device check's process, answered at once
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start(self):
+            return self
+
+        def poll(self):
+            return environment.DeviceInfo(torch="2.8.0", monai="1.5.2")
+
+        def cancel(self):
+            pass
+
+    monkeypatch.setattr(environment, "DeviceProbe", Probe)
+    widget = module.VoxelMorphRegWidget()
+    widget.setup()
+    yield {"module": module, "slicer": slicer, "widget": widget, "messages": messages}
+    widget.cleanup()
+
+
+def _fake_engine(monkeypatch, tmp_path, mode="ok"):
+    """The registration runner starts the fake engine of test_mrml_runner (real parser, contract events)."""
+    from test_mrml_runner import FAKE_ENGINE
+
+    from VoxelMorphRegLib.mrml import runner
+
+    engine = tmp_path / "fake_engine.py"
+    engine.write_text(FAKE_ENGINE)
+    monkeypatch.setenv("FAKE_ENGINE_MODE", mode)
+    monkeypatch.setenv("FAKE_ENGINE_RECORD", str(tmp_path / "record.json"))
+    monkeypatch.setattr(runner, "default_engine_prefix", lambda python=None: [sys.executable, str(engine)])
+
+
+def _run_to_end(panel, timeout=60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while panel.running:
+        assert time.monotonic() < deadline, "\n".join(panel.runner.log[-20:])
+        panel.onPollTimer()
+        time.sleep(0.02)
+
+
+def test_choices_survive_leaving_and_entering_the_module(app):
+    widget, ui = app["widget"], app["widget"].ui
+    ui.deviceComboBox.currentIndex = 2  # the user picks "cuda"
+    ui.trainSimilarityComboBox.currentIndex = 1  # and "mse" in the Train panel
+    assert widget._parameterNode.device == "cuda" and widget._parameterNode.trainSimilarity == "mse"
+    for _ in range(3):
+        widget.exit()
+        widget.enter()
+    p = widget._parameterNode
+    assert (p.device, p.trainSimilarity) == ("cuda", "mse")
+    assert (ui.deviceComboBox.currentText, ui.trainSimilarityComboBox.currentText) == ("cuda", "mse")
+    # One connector per widget, however often the module was entered.
+    assert ui.deviceComboBox.connections("currentIndexChanged(int)") == 1
+    assert p.connectorCount() == len([w for w in vars(ui).values() if w.property("SlicerParameterName")])
+
+
+def test_a_failure_while_showing_the_result_leaves_the_panel_usable(app, monkeypatch, tmp_path):
+    slicer, widget, module = app["slicer"], app["widget"], app["module"]
+    fixed, moving = _volume(slicer, "fixed", 1), _volume(slicer, "moving", 2)
+    p = widget._parameterNode
+    assert (p.fixedVolume, p.movingVolume) == (fixed, moving)
+    _fake_engine(monkeypatch, tmp_path)
+
+    def broken_show(*args, **kwargs):
+        raise TypeError("FitSliceToBackground() takes exactly 2 arguments (0 given)")  # what Slicer 5.6 raised
+
+    monkeypatch.setattr(module.VoxelMorphRegLogic, "showResult", broken_show)
+    widget.ui.registerButton.click()
+    assert widget.ui.registerButton.text == "Cancel" and not widget.ui.inputsCollapsibleButton.enabled
+    _run_to_end(widget.registerPanel)
+    runner = widget._runner
+    assert runner.state == "succeeded" and runner.result.warped_volume.GetScene() is slicer.mrmlScene
+    assert widget.ui.registerButton.text == "Register" and widget.ui.registerButton.enabled
+    assert widget.ui.inputsCollapsibleButton.enabled and not widget.ui.progressBar.visible
+    assert "showing them failed" in widget.ui.statusLabel.text
+    # The console API: the result is returned, not an exception after the nodes were added.
+    result = widget.logic.register(fixed, moving, wait=True)
+    assert result.warped_volume is not None
+
+
+def test_register_and_train_are_disabled_while_dependencies_install(app, monkeypatch):
+    slicer, widget = app["slicer"], app["widget"]
+    _volume(slicer, "fixed", 1), _volume(slicer, "moving", 2)
+    calls, seen = [], []
+
+    def install(askConfirmation=True):
+        calls.append(askConfirmation)
+        seen.append((widget.ui.registerButton.enabled, widget.ui.trainButton.enabled))
+        widget.ui.registerButton.click()  # an impatient second click
+        widget.trainPanel.start()
+        return False  # declined
+
+    monkeypatch.setattr(widget.logic, "installDependencies", install)
+    widget.ui.registerButton.click()
+    assert calls == [True] and seen == [(False, False)]
+    assert widget._runner is None and widget.ui.registerButton.enabled
+    assert "installation was declined" in widget.ui.statusLabel.text
+
+
+def test_device_label_is_refreshed_once_torch_is_installed(app, monkeypatch):
+    from VoxelMorphRegLib.mrml import environment
+
+    widget = app["widget"]
+    state = {"torch": False}
+    monkeypatch.setattr(environment, "missing_packages", lambda names=environment.REQUIRED_PACKAGES: [] if state["torch"] else [n for n in names if n == "torch"])
+    widget.startDeviceProbe()
+    assert "not installed" in widget.ui.deviceStatusLabel.text
+    monkeypatch.setattr(widget.logic, "missingDependencies", lambda: [] if state["torch"] else ["torch"])
+
+    def install(askConfirmation=True):
+        state["torch"] = True
+        return True
+
+    monkeypatch.setattr(widget.logic, "installDependencies", install)
+    assert widget.ensureDependencies("Registration")
+    widget.onProbeTimer()
+    assert widget.ui.deviceStatusLabel.text == "CPU only (no CUDA GPU found)"
+
+
+def test_fixed_and_moving_default_to_two_different_volumes(app):
+    slicer, widget = app["slicer"], app["widget"]
+    p = widget._parameterNode
+    assert p.fixedVolume is None and p.movingVolume is None  # empty scene
+    first = _volume(slicer, "first", 1)
+    label = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    second = _volume(slicer, "second", 2)
+    assert (p.fixedVolume, p.movingVolume) == (first, second) and label not in (p.fixedVolume, p.movingVolume)
+    _volume(slicer, "third", 3)
+    assert (p.fixedVolume, p.movingVolume) == (first, second)  # chosen volumes are not replaced
+    p.movingVolume = first
+    widget.updateGUIFromParameterNode()
+    assert not widget.ui.registerButton.enabled and "same node" in widget.ui.registerButton.toolTip
+
+
+def test_model_default_settings_are_none_and_reach_the_engine_as_unset(app, monkeypatch, tmp_path):
+    import json
+
+    slicer, widget = app["slicer"], app["widget"]
+    ui, p = widget.ui, widget._parameterNode
+    _volume(slicer, "fixed", 1), _volume(slicer, "moving", 2)
+    assert (p.refineIterations, p.refineSmoothness, p.refineLearningRate, p.integrationSteps) == (None, None, None, None)
+    assert ui.refineIterationsDefaultCheckBox.checked and not ui.refineIterationsSpinBox.enabled
+    ui.refineIterationsDefaultCheckBox.checked = False
+    assert p.refineIterations == 200 and ui.refineIterationsSpinBox.enabled
+    ui.refineIterationsSpinBox.value = 0  # network only: a real value, not "model default"
+    ui.refineSmoothnessDefaultCheckBox.checked = False
+    ui.refineSmoothnessSpinBox.value = 0.0
+    assert (p.refineIterations, p.refineSmoothness) == (0, 0.0)
+    _fake_engine(monkeypatch, tmp_path)
+    ui.registerButton.click()
+    _run_to_end(widget.registerPanel)
+    argv = json.loads((tmp_path / "record.json").read_text())["argv"]
+    assert argv[argv.index("--refine") + 1] == "0" and argv[argv.index("--refine-smoothness") + 1] == "0.0"
+    assert "--refine-learning-rate" not in argv and "--integration-steps" not in argv  # unset: the model's
+    ui.refineIterationsDefaultCheckBox.checked = True
+    assert p.refineIterations is None
+
+
+def test_settings_saved_by_the_earlier_module_mean_model_default(app):
+    """Scenes saved before: -1 iterations, -0.05 smoothness and 0 integration steps stood for "model default"."""
+    widget = app["widget"]
+    p = widget._parameterNode
+    p.refineIterations, p.refineSmoothness, p.integrationSteps = -1, -0.05, 0
+    widget.exit()
+    widget.enter()
+    p = widget._parameterNode
+    assert (p.refineIterations, p.refineSmoothness, p.integrationSteps) == (None, None, None)
+
+
+def test_training_whose_plot_cannot_be_built_starts_no_engine(app, monkeypatch, tmp_path):
+    from VoxelMorphRegLib.errors import VoxelMorphRegError
+    from VoxelMorphRegLib.mrml import training_plot, training_runner
+
+    slicer, widget = app["slicer"], app["widget"]
+    volumes = [_volume(slicer, f"train{i}", i) for i in range(3)]
+    started = []
+    monkeypatch.setattr(training_runner.TrainingRunner, "start", lambda self: started.append(self) or self)
+
+    def no_plot(*args, **kwargs):
+        raise AttributeError("'vtkMRMLTableNode' object has no attribute 'SetUseColumnTitleAsColumnHeader'")
+
+    monkeypatch.setattr(training_plot, "TrainingPlot", no_plot)
+    nodes = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(AttributeError):
+        widget.logic.train(volumes=volumes, outputFolder=str(tmp_path / "model"), wait=False)
+    assert started == [] and slicer.mrmlScene.GetNumberOfNodes() == nodes
+    # Through the panel: the error is shown, no runner is left.
+    for volume in volumes:
+        widget.ui.trainVolumesSelector.setCheckState(volume, 2)
+    widget.ui.trainOutputPathLineEdit.currentPath = str(tmp_path / "model2")
+    widget.ui.trainButton.click()
+    assert widget._trainRunner is None and started == [] and widget.ui.trainStatusLabel.text.startswith("Error:")
+    assert app["messages"] and "Training could not start" in app["messages"][-1][1]
+    del VoxelMorphRegError
+
+
+def test_a_failure_after_the_engine_started_stops_it(app, monkeypatch, tmp_path):
+    from VoxelMorphRegLib.mrml import training_runner
+
+    slicer, widget, module = app["slicer"], app["widget"], app["module"]
+    volumes = [_volume(slicer, f"train{i}", i) for i in range(3)]
+    stopped = []
+    monkeypatch.setattr(training_runner.TrainingRunner, "start", lambda self: setattr(self, "state", "running") or self)
+    monkeypatch.setattr(training_runner.TrainingRunner, "stop", lambda self, wait=False, timeout=None: stopped.append((wait, timeout)))
+
+    def broken_show(plot):
+        raise RuntimeError("no plot view")
+
+    monkeypatch.setattr(module.VoxelMorphRegLogic, "showTrainingPlot", staticmethod(broken_show))
+    with pytest.raises(RuntimeError):
+        widget.logic.train(volumes=volumes, outputFolder=str(tmp_path / "model"), wait=False)
+    assert stopped == [(True, 15)]
