@@ -114,3 +114,33 @@ def test_a_failed_run_reports_one_error_event(tmp_path):
     events = [parse_event(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert isinstance(events[-1], contract.Error) and events[-1].exit_code == 2
     assert done.stderr.strip() == f"voxelmorphreg: error: {events[-1].message}"
+
+
+def test_a_real_train_run_reports_its_events(tmp_path):
+    """A few steps of the real ``train`` in its own process: steps, validations and checkpoints as events."""
+    import csv
+
+    for name, seed in (("a", 0), ("b", 1)):
+        image = blob_volume(size=(40, 36, 32), seed=seed)
+        sitk.WriteImage(image, str(tmp_path / f"{name}_norm.nii.gz"))
+        sitk.WriteImage(blob_labels(image), str(tmp_path / f"{name}_seg.nii.gz"))
+    with open(tmp_path / "subjects.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("image", "labels"), ("a_norm.nii.gz", "a_seg.nii.gz"), ("b_norm.nii.gz", "b_seg.nii.gz")])
+    job = TrainJob(str(tmp_path / "subjects.csv"), str(tmp_path / "a_norm.nii.gz"), str(tmp_path / "run"),
+                   TrainOptions(val=str(tmp_path / "subjects.csv"), steps=10, validate_every=5, affine=False, device="cpu"))
+    done = subprocess.run([sys.executable, "-m", "VoxelMorphRegLib.frontends.cli"] + command_line(job, events="-"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    events = [parse_event(line) for line in done.stdout.splitlines()]
+    assert all(events), done.stdout
+    assert isinstance(events[0], contract.Started) and events[0].command == "train"
+    assert [e.name for e in events if isinstance(e, contract.Stage)] == ["prepare", "train"]
+    steps = [e for e in events if isinstance(e, contract.Step)]
+    assert steps and steps[-1].step == steps[-1].steps == 10 and all(math.isfinite(e.loss) for e in steps)
+    validations = [e for e in events if isinstance(e, contract.Validation)]
+    assert [e.step for e in validations] == [5, 10] and all(0.0 <= e.dice <= 1.0 for e in validations)
+    last = events[-1]
+    assert isinstance(last, contract.Done) and last.summary["step"] == 10
+    assert set(last.files) == {contract.BEST_CHECKPOINT, contract.LAST_CHECKPOINT, contract.TRAINING_LOG}
+    with open(Path(job.out) / contract.TRAINING_LOG) as handle:
+        assert tuple(next(csv.reader(handle))) == contract.TRAINING_LOG_COLUMNS

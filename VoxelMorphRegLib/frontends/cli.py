@@ -7,7 +7,6 @@ non-zero exit code, never a traceback. Progress goes to stderr; ``--quiet`` sile
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import shlex
 import sys
@@ -65,7 +64,7 @@ def _add_register(sub):
 
 
 def _add_common(p):
-    p.add_argument("--events", metavar="DEST", help="also write progress events, one JSON object per line, to DEST: '-' (stdout), 'fd:N' or a file (see README: Events)")
+    p.add_argument("--events", metavar="DEST", help="also write progress events, one JSON object per line, to DEST: '-' (stdout), 'fd:N' or a file (see README, Command line: Events)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     _add_stop_option(p)
 
@@ -167,10 +166,9 @@ def _run_train(args, log, events):
         command="voxelmorphreg " + " ".join(shlex.quote(a) for a in args.argv),
     )
     events(Stage("train", 0, f"training for {args.steps} steps"))
-    extra = {"events": events} if "events" in inspect.signature(training.train).parameters else {}  # until the loop emits Step/Validation
     if should_stop():  # asked to stop while the subjects were prepared: nothing trained yet, nothing to save
         raise CancelledError("training stopped before its first step")
-    summary = training.train(options, train_subjects, val_subjects, config, log=log, should_stop=should_stop, init=args.init, atlas=atlas_subject, **extra)
+    summary = training.train(options, train_subjects, val_subjects, config, log=log, should_stop=should_stop, init=args.init, atlas=atlas_subject, events=events)
     log(f"finished at step {summary['step']}; best validation Dice {summary['best_validation_dice']:.4f}; best model: {args.out}/{BEST_CHECKPOINT}")
     events(Done(str(args.out), [name for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, TRAINING_LOG) if (Path(args.out) / name).is_file()], None,
                 {"step": summary["step"], "best_validation_dice": summary["best_validation_dice"]}))
@@ -222,7 +220,7 @@ def _main(argv) -> int:
         return 2
     from .. import __version__
 
-    channel.emit(Started(args.command, __version__, os.getpid()))
+    channel.emit(Started(args.command, __version__, pid=os.getpid()))
     runners = {"register": _run_register, "demo": _run_demo, "train": _run_train, "evaluate": _run_evaluate}
     try:
         runners[args.command](args, log, channel.emit)
