@@ -81,8 +81,8 @@ class Started(Event):
     kind: ClassVar[str] = "started"
     command: str
     version: str = ""
-    events_version: int = EVENTS_VERSION
     pid: int = 0
+    events_version: int = EVENTS_VERSION
 
 
 @_event

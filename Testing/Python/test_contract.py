@@ -46,7 +46,7 @@ def test_train_options_round_trip_through_the_real_parser():
 
 
 def test_every_event_survives_its_line():
-    events = [contract.Started("register", "1.0", 12), contract.Stage("refine", 55, "refinement"), contract.Progress("refine", 3, 10, 58, 0.25, "x"),
+    events = [contract.Started("register", "1.0", pid=12), contract.Stage("refine", 55, "refinement"), contract.Progress("refine", 3, 10, 58, 0.25, "x"),
               contract.Step(5, 10, 0.5, 0.4, 0.1, math.nan, 1e-4, 0.3, 2.0), contract.Validation(5, 0.7, 0.75, False), contract.Resumed(4, "o/last.pt", 0.7),
               contract.Message("careful", "warning"), contract.Error("bad file", 2), contract.Interrupted("interrupted", 143, 5),
               contract.Done("o", ["warped.nii.gz"], 1.5, {"mean_after": 0.8})]
