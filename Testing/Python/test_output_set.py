@@ -7,6 +7,7 @@ file under a final name is complete and listed, with its checksum, by the manife
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -176,3 +177,60 @@ def test_an_interrupted_run_leaves_no_temporary_file(tmp_path):
             outputs.add_image("b.nii.gz", noise((64, 64, 64), seed=2))
             raise KeyboardInterrupt
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------- through `register`
+
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory):
+    from conftest import blob_volume
+
+    folder = tmp_path_factory.mktemp("pair")
+    paths = []
+    for name, seed in (("fixed", 0), ("moving", 1)):
+        paths.append(str(folder / f"{name}.nii.gz"))
+        sitk.WriteImage(blob_volume(size=(24, 24, 24), seed=seed), paths[-1])
+    return paths
+
+
+def register(pair, out, refine, capsys):
+    from VoxelMorphRegLib.frontends.cli import main
+
+    code = main(["register", *pair, "--out", str(out), "--model", "none", "--no-affine", "--no-qc", "--refine", str(refine), "--quiet"])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_register_onto_a_nearly_full_disk_keeps_the_earlier_run(tmp_path, small_pair, capsys):
+    disk = _small_disk(tmp_path)
+    try:
+        out = disk / "out"
+        assert register(small_pair, out, 2, capsys)[0] == 0
+        before = snapshot(out)
+        room = sum(len(content) for content in before.values()) // 2  # half of what a run needs
+        (disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(disk).free - room))
+        code, err = register(small_pair, out, 3, capsys)
+        assert code == 2 and len(err) == 1 and err[0].startswith("voxelmorphreg: error: "), err
+        assert "could not be written completely" in err[0] and "the earlier results were kept" in err[0], err
+        assert snapshot(out) == before
+        assert check_manifest(out, MANIFEST) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_register_with_a_writer_that_fails_silently_keeps_the_earlier_run(tmp_path, small_pair, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert register(small_pair, out, 2, capsys)[0] == 0
+    before = snapshot(out)
+    real = sitk.WriteImage
+
+    def short_write(image, path, *args, **kwargs):
+        real(image, path, *args, **kwargs)
+        with open(path, "r+b") as handle:
+            handle.truncate(os.path.getsize(path) - 100)
+
+    monkeypatch.setattr(module.sitk, "WriteImage", short_write)
+    code, err = register(small_pair, out, 3, capsys)
+    assert code == 2 and len(err) == 1 and "could not be written completely (is truncated" in err[0], err
+    assert snapshot(out) == before
+    assert check_manifest(out, MANIFEST) == []
