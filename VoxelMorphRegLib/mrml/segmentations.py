@@ -274,10 +274,7 @@ def fill_segmentation(segmentation_node, array: np.ndarray, ijk_to_ras_matrix: n
     segmentation = segmentation_node.GetSegmentation()
     with slicer.util.NodeModify(segmentation_node):
         segmentation.RemoveAllSegments()
-        if hasattr(segmentation, "SetSourceRepresentationName"):
-            segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
-        else:  # Slicer < 5.4
-            segmentation.SetMasterRepresentationName(BINARY_LABELMAP)
+        segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
         for info in legend:
             segment = slicer.vtkSegment()
             segment.SetName(info.name)
