@@ -2,6 +2,8 @@
 
 Expected faults end with one line ``voxelmorphreg: error: <what is wrong>`` on stderr and a
 non-zero exit code, never a traceback. Progress goes to stderr; ``--quiet`` silences it.
+``--events DEST`` (register, train) also writes the run's events as JSON lines for front ends;
+the register and train options are those of :mod:`..contract`, which builds this parser's flags.
 """
 
 from __future__ import annotations
