@@ -144,3 +144,10 @@ def test_a_real_train_run_reports_its_events(tmp_path):
     assert set(last.files) == {contract.BEST_CHECKPOINT, contract.LAST_CHECKPOINT, contract.TRAINING_LOG}
     with open(Path(job.out) / contract.TRAINING_LOG) as handle:
         assert tuple(next(csv.reader(handle))) == contract.TRAINING_LOG_COLUMNS
+
+
+def test_the_contract_and_model_resolution_import_without_torch():
+    """The Slicer module reads them before torch is installed."""
+    code = "import sys; import VoxelMorphRegLib.contract, VoxelMorphRegLib.model_resolution; print(sorted(m for m in ('torch', 'SimpleITK', 'qt') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
