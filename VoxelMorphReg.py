@@ -1155,29 +1155,52 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
 
 
 class VoxelMorphRegTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (needs the engine's dependencies and the sample data download)."""
+    """Runs inside Slicer, offline: synthetic volumes (no sample data download), and no install.
+
+    The engine needs PyTorch and MONAI; in testing mode (the extensions build machines, which have
+    no network) the test does not install them: without them each test is skipped, saying why.
+    ``Testing/Slicer/run_in_slicer.py`` is the fuller check a maintainer runs on Slicer's sample data.
+    """
+
+    NEEDS_ENGINE = (
+        "needs PyTorch and MONAI, which this Slicer does not have; in testing mode (e.g. on an offline build machine) "
+        "the test does not download them. Install them (click Register once, or VoxelMorphRegLogic().installDependencies()) and run it again"
+    )
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_RegisterThroughWidget()
-        self.setUp()
-        self.test_FailureLeavesSceneUnchanged()
-        self.setUp()
-        self.test_CancelLeavesSceneUnchanged()
-        self.setUp()
-        self.test_TrainThroughWidget()
+        import unittest
+
+        for test in (self.test_RegisterThroughWidget, self.test_FailureLeavesSceneUnchanged, self.test_CancelLeavesSceneUnchanged, self.test_TrainThroughWidget):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as skipped:  # "Reload and Test" calls runTest directly
+                self.delayDisplay(f"{test.__name__} skipped: {skipped}")
+
+    def _requireEngine(self):
+        problems = VoxelMorphRegLogic.dependencyProblems()
+        if problems:
+            self.skipTest(self.NEEDS_ENGINE + " (" + "; ".join(problems) + ")")
 
     def _loadSamples(self):
-        import SampleData
+        """Two synthetic head-like volumes, the moving one shifted and squeezed: no download needed."""
+        import numpy as np
 
-        fixed = SampleData.downloadSample("MRBrainTumor1")
-        moving = SampleData.downloadSample("MRBrainTumor2")
-        self.assertIsNotNone(fixed)
-        self.assertIsNotNone(moving)
-        return fixed, moving
+        self._requireEngine()
+        k, j, i = np.meshgrid(*(np.linspace(-1, 1, 64),) * 3, indexing="ij")
+        volumes = []
+        for index, (shift, squeeze) in enumerate(((0.0, 1.0), (0.08, 0.92))):
+            x = (i - shift) / (0.75 * squeeze)
+            head = (x**2 + (j / 0.85) ** 2 + (k / 0.7) ** 2) < 1
+            inner = ((x - 0.25) / 0.3) ** 2 + ((j + 0.1) / 0.35) ** 2 + (k / 0.4) ** 2 < 1
+            image = (60.0 * head + 40.0 * inner + np.random.default_rng(index).normal(0.0, 1.0, head.shape)).astype(np.float32)
+            node = slicer.util.addVolumeFromArray(image, name=("fixed", "moving")[index])
+            node.SetSpacing(2.5, 2.5, 2.5)
+            volumes.append(node)
+        return volumes[0], volumes[1]
 
     def _movingSegmentation(self, moving):
         """A two-segment segmentation of the moving volume (bright tissue, background-adjacent band)."""
@@ -1210,7 +1233,6 @@ class VoxelMorphRegTest(ScriptedLoadableModuleTest):
         return widget._runner
 
     def test_RegisterThroughWidget(self):
-        self.delayDisplay("Loading sample data")
         fixed, moving = self._loadSamples()
         segmentation = self._movingSegmentation(moving)
         widget = self._widget()
@@ -1291,6 +1313,7 @@ class VoxelMorphRegTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
+        self._requireEngine()
         self.delayDisplay("Making four small labelled volumes")
         widget = self._widget()
         widget.ui.trainCollapsibleButton.collapsed = False

@@ -311,7 +311,11 @@ def _scripted_module_module(slicer):
     module.ScriptedLoadableModule = ScriptedLoadableModule
     module.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
     module.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    module.ScriptedLoadableModuleTest = unittest.TestCase
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=1000):
+            print(message)
+
+    module.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
     return module
 
 

@@ -195,9 +195,9 @@ NOT_SLICER = {
               SetNumberOfTuples SetScalars ToDouble ToString TransformPoints Update VTK_DOUBLE VTK_OBJECT""",
     "SimpleITK": """GetArrayFromImage GetArrayViewFromImage GetImageFromArray GetNumberOfComponentsPerPixel GetPixelID GetSize
                     GetDimension GetOrigin GetSpacing GetDirection SetOrigin SetDirection Image ReadImage Resample Transform WriteImage""",
-    "Python": "CREATE_NEW_PROCESS_GROUP DEVNULL Empty PIPE P_PID PackageNotFoundError Popen Queue SIGKILL STDOUT Thread WEXITED WNOHANG WNOWAIT T",
+    "Python": "CREATE_NEW_PROCESS_GROUP DEVNULL Empty PIPE P_PID PackageNotFoundError Popen Queue SIGKILL STDOUT Thread WEXITED WNOHANG WNOWAIT T SkipTest",
     "Qt (PythonQt)": "Checked QFileDialog QTimer Qt ToolTipRole",
-    "this project": "MINIMUM_TORCH TrainingRunner",
+    "this project": "MINIMUM_TORCH TrainingRunner NEEDS_ENGINE",
 }
 NOT_SLICER_NAMES = {name for names in NOT_SLICER.values() for name in names.split()}
 # Lower-case Slicer APIs: slicer.util functions, the parameter node wrapper's methods, the application's.

@@ -251,3 +251,23 @@ def test_a_failure_after_the_engine_started_stops_it(app, monkeypatch, tmp_path)
     with pytest.raises(RuntimeError):
         widget.logic.train(volumes=volumes, outputFolder=str(tmp_path / "model"), wait=False)
     assert stopped == [(True, 15)]
+
+
+def test_the_extensions_own_test_skips_offline_with_the_reason(app, monkeypatch):
+    """On the extensions build machines (testing mode, no network) the module's test must pass or skip, never download."""
+    import inspect
+    import unittest
+
+    from VoxelMorphRegLib.mrml import environment
+
+    module = app["module"]
+    source = inspect.getsource(module.VoxelMorphRegTest)
+    assert "SampleData" not in source and "installDependencies(" not in source.replace("VoxelMorphRegLogic().installDependencies()", "")
+    monkeypatch.setattr(environment, "dependency_problems", lambda: ["missing Python packages: torch, monai"])
+    result = unittest.TextTestRunner(stream=open("/dev/null", "w") if sys.platform != "win32" else None, verbosity=0).run(unittest.TestLoader().loadTestsFromTestCase(module.VoxelMorphRegTest))
+    assert result.wasSuccessful() and result.testsRun == 4 and len(result.skipped) == 4, result.errors
+    assert all("does not download them" in reason and "torch, monai" in reason for _, reason in result.skipped)
+    shown = []
+    monkeypatch.setattr(module.VoxelMorphRegTest, "delayDisplay", lambda self, message, *args: shown.append(message), raising=False)
+    module.VoxelMorphRegTest().runTest()  # "Reload and Test": no exception, four lines saying why
+    assert len([line for line in shown if " skipped: " in line]) == 4
