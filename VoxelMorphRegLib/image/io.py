@@ -195,14 +195,45 @@ def _umask() -> int:
 
 
 def write_image(image: sitk.Image, path) -> Path:
-    """Write ``image`` atomically (compressed where the format allows)."""
+    """Write ``image`` atomically (compressed where the format allows), verified before it gets its name.
+
+    A run's set of outputs goes through :class:`~.output_set.OutputSet` instead (all or nothing)."""
     path = Path(path)
     try:
         with atomic_path(path) as temporary:
             sitk.WriteImage(image, temporary, useCompression=True)
+            verify_image_file(temporary, image)
     except RuntimeError as exc:
         raise VoxelMorphRegError(f"{path}: cannot be written ({str(exc).strip().splitlines()[-1]})") from None
+    except DamagedFile as exc:
+        raise VoxelMorphRegError(f"{path}: could not be written completely ({exc})") from None
+    except OSError as exc:
+        raise VoxelMorphRegError(f"{path}: cannot be written ({exc.strerror or exc})") from None
     return path
+
+
+def verify_image_file(path, image: sitk.Image) -> None:
+    """Raise :class:`DamagedFile` unless the file just written at ``path`` holds ``image``'s grid and all
+    of its voxel data (ITK's NIfTI writer does not report a short write on a full disk)."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise DamagedFile("is empty")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise DamagedFile("its header cannot be read back") from None
+    if reader.GetSize() != image.GetSize() or reader.GetNumberOfComponents() != image.GetNumberOfComponentsPerPixel():
+        raise DamagedFile(f"reads back as size {reader.GetSize()} x {reader.GetNumberOfComponents()}, not {image.GetSize()} x {image.GetNumberOfComponentsPerPixel()}")
+    for what, back, held in (("spacing", reader.GetSpacing(), image.GetSpacing()), ("origin", reader.GetOrigin(), image.GetOrigin()), ("direction", reader.GetDirection(), image.GetDirection())):
+        if not np.allclose(back, held, rtol=1e-5, atol=1e-4):
+            raise DamagedFile(f"reads back with another {what}")
+    stored = scan_file(path)
+    if stored is None or not stored.checked:
+        sitk.ReadImage(str(path))  # formats ITK checks itself (a short NRRD or MetaImage raises)
+    elif stored.voxels != int(np.prod(image.GetSize(), dtype=np.int64)) * image.GetNumberOfComponentsPerPixel():
+        raise DamagedFile(f"holds {stored.voxels} values, not the image's")
 
 
 def write_bytes(data: bytes, path) -> Path:

@@ -43,12 +43,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from ..errors import VoxelMorphRegError
-from .io import ensure_output_folder
-from .stored_data import DamagedFile, scan_file
+from .io import ensure_output_folder, verify_image_file
+from .stored_data import DamagedFile
 
 PREFIX = ".voxelmorphreg-"
 _OWN = re.compile(r"^\.voxelmorphreg-(?P<run>\d+-[0-9a-f]{8})(?P<rest>\.lock|-.+)$")
@@ -219,7 +218,7 @@ def _write_image(image: sitk.Image, temporary: Path, final: Path, write=None) ->
     except MemoryError:
         raise _write_error(final, "not enough memory") from None
     try:
-        _verify_image(temporary, image)
+        verify_image_file(temporary, image)
         _fsync(temporary)
     except DamagedFile as exc:
         raise _write_error(final, str(exc)) from None
@@ -243,28 +242,6 @@ def _write_bytes(data: bytes, temporary: Path, final: Path) -> dict:
     except OSError as exc:
         raise _write_error(final, exc.strerror or str(exc)) from None
     return {"bytes": len(data), "sha256": digest}
-
-
-def _verify_image(path: Path, image: sitk.Image) -> None:
-    """Raise DamagedFile unless ``path`` holds ``image``'s grid and all of its voxel data."""
-    if path.stat().st_size == 0:
-        raise DamagedFile("is empty")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise DamagedFile("its header cannot be read back") from None
-    if reader.GetSize() != image.GetSize() or reader.GetNumberOfComponents() != image.GetNumberOfComponentsPerPixel():
-        raise DamagedFile(f"reads back as size {reader.GetSize()} x {reader.GetNumberOfComponents()}, not {image.GetSize()} x {image.GetNumberOfComponentsPerPixel()}")
-    for what, back, held in (("spacing", reader.GetSpacing(), image.GetSpacing()), ("origin", reader.GetOrigin(), image.GetOrigin()), ("direction", reader.GetDirection(), image.GetDirection())):
-        if not np.allclose(back, held, rtol=1e-5, atol=1e-4):
-            raise DamagedFile(f"reads back with another {what}")
-    stored = scan_file(path)
-    if stored is None or not stored.checked:
-        sitk.ReadImage(str(path))  # formats ITK checks itself (a short NRRD or MetaImage raises)
-    elif stored.voxels != int(np.prod(image.GetSize(), dtype=np.int64)) * image.GetNumberOfComponentsPerPixel():
-        raise DamagedFile(f"holds {stored.voxels} values, not the image's")
 
 
 def _write_error(final: Path, reason: str) -> VoxelMorphRegError:
