@@ -94,3 +94,13 @@ def test_the_command_line_names_the_damaged_file(tmp_path, capsys, role):
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"voxelmorphreg: error: {role} image {bad}: is truncated"), err
     assert not (tmp_path / "out" / "warped.nii.gz").exists()
+
+
+def test_a_sheared_fixed_image_is_refused_by_register(tmp_path, capsys):
+    good = _save(blob_volume(size=(24, 24, 24)), tmp_path / "good.nii.gz")
+    sheared = blob_volume(size=(24, 24, 24))
+    sheared.SetDirection([1.0, 0.0, 0.0, 0.25, 1.0, 0.0, 0.0, 0.0, 1.0])
+    path = _save(sheared, tmp_path / "sheared.mha")
+    code = main(["register", str(path), str(good), "--out", str(tmp_path / "out"), "--model", "none", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"voxelmorphreg: error: fixed image {path}: direction matrix is not orthogonal"), err
