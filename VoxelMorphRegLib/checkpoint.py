@@ -38,6 +38,9 @@ class ModelConfig:
     # and ``--refine-learning-rate`` override); tuned with the model and quoted on its card.
     default_refine_smoothness: float = 1.0
     default_refine_learning_rate: float = 0.1
+    # Share of the refinement iterations run first on the velocity's own (coarser) grid: each costs several
+    # times less there; the rest run on the model grid (``--refine-coarse-fraction`` overrides). 0 for v1.
+    default_refine_coarse_fraction: float = 0.0
     training: dict = field(default_factory=dict)  # provenance: data, command, steps, hardware, metrics
 
     def build(self) -> RegistrationNetwork:
@@ -161,6 +164,7 @@ def checked_config(data, path) -> ModelConfig:
         "default_refine_iterations": lambda v: _integer(v, 0, 100000),
         "default_refine_smoothness": lambda v: _number(v, 0, 1e6),
         "default_refine_learning_rate": lambda v: _number(v, 0, 100, low_open=True),
+        "default_refine_coarse_fraction": lambda v: _number(v, 0, 1),
         "training": lambda v: None if isinstance(v, dict) else "must be a mapping",
     }
     for name, check in checks.items():

@@ -403,6 +403,7 @@ class TrainOptions:
     spacing: float = option("--spacing", "model grid spacing, mm", 2.0, kind=float)
     svf_level: int = option("--svf-level", "velocity field at input resolution / 2**level", 1, kind=int)
     validate_every: int = option("--validate-every", "steps between validations", 100, kind=int)
+    refine_coarse_fraction: float | None = option("--refine-coarse-fraction", "share of the --refine iterations run first on the velocity's coarser grid, where each costs several times less (default: the model's)", kind=float, metavar="F")
     default_refine: int | None = option("--default-refine", "refinement iterations `register` runs with the trained model by default (stored in its config; default: the --init model's, else 0)", kind=int, metavar="N")
     default_refine_smoothness: float | None = option("--default-refine-smoothness", "the trained model's default refinement smoothness weight (default: the --init model's, else 1.0)", kind=float, metavar="W")
     default_refine_learning_rate: float | None = option("--default-refine-learning-rate", "the trained model's default refinement step size (default: the --init model's, else 0.1)", kind=float, metavar="LR")
@@ -445,3 +446,4 @@ def command_line(job, events: str | None = None, quiet: bool = False) -> list:
     if quiet:
         argv.append("--quiet")
     return argv
+    default_refine_coarse_fraction: float | None = option("--default-refine-coarse-fraction", "the trained model's default share of refinement iterations on the coarse grid (default: the --init model's, else 0)", kind=float, metavar="F")

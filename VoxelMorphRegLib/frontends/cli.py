@@ -118,7 +118,7 @@ def _run_train(args, log, events):
         raise VoxelMorphRegError(f"--svf-level must be between 0 and 3, got {args.svf_level}")
     else:
         config = ModelConfig(spacing=[args.spacing] * 3, svf_level=args.svf_level, decoder_features=list(decoder_features_for(args.svf_level)))
-    for name, value in (("iterations", args.default_refine), ("smoothness", args.default_refine_smoothness), ("learning_rate", args.default_refine_learning_rate)):
+    for name, value in (("iterations", args.default_refine), ("smoothness", args.default_refine_smoothness), ("learning_rate", args.default_refine_learning_rate), ("coarse_fraction", args.default_refine_coarse_fraction)):
         if value is not None:
             setattr(config, f"default_refine_{name}", value)
     from ..pipelines.register import refinement_settings
@@ -137,8 +137,8 @@ def _run_train(args, log, events):
     text = f"{len(train_sources)} training and {len(val_sources)} validation subjects; preparing them on the model grid"
     log(text)
     events(Stage("prepare", 0, text))
-    train_subjects = training.prepare_all(train_sources, args.atlas, config, cache, args.skull_strip_labels, not args.no_affine, log)
-    val_subjects = training.prepare_all(val_sources, args.atlas, config, cache, args.skull_strip_labels, not args.no_affine, log)
+    train_subjects = training.prepare_all(train_sources, args.atlas, config, cache, args.skull_strip_labels, not args.no_affine, log, events)
+    val_subjects = training.prepare_all(val_sources, args.atlas, config, cache, args.skull_strip_labels, not args.no_affine, log, events)
     atlas_subject = None
     if args.pairs == "to-atlas":
         atlas_source = training.SubjectSource("atlas", args.atlas, args.atlas_labels)

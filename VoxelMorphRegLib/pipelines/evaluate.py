@@ -57,6 +57,7 @@ class EvaluationOptions:
     refine: int | None = None  # None: the model's default_refine_iterations (DEFAULT_REFINE where that is 0)
     refine_smoothness: float | None = None  # None: the model's default
     refine_learning_rate: float | None = None  # None: the model's default
+    refine_coarse_fraction: float | None = None  # None: the model's default
     max_pairs: int | None = None
     affine: bool = True  # affine pre-alignment before the network methods
 
@@ -80,6 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=None, metavar="N", help=f"refinement iterations of network+refine (default: the model's own, as in register; {DEFAULT_REFINE} for a model whose default is 0)")
     p.add_argument("--refine-smoothness", type=float, default=None, metavar="W", help="smoothness weight of the refinement (default: the model's)")
     p.add_argument("--refine-learning-rate", type=float, default=None, metavar="LR", help="Adam step size of the refinement (default: the model's)")
+    p.add_argument("--refine-coarse-fraction", type=float, default=None, metavar="F", help="share of the refinement iterations on the coarse grid (default: the model's)")
     p.add_argument("--max-pairs", type=int, default=None, metavar="N", help="evaluate only the first N ordered pairs")
     p.add_argument("--no-affine", action="store_true", help="no affine pre-alignment before the network methods (images already aligned)")
     p.add_argument("--quiet", action="store_true", help="no progress messages (the table is still printed)")
@@ -98,6 +100,7 @@ def run(args, log=print) -> dict:
         refine=args.refine,
         refine_smoothness=getattr(args, "refine_smoothness", None),
         refine_learning_rate=getattr(args, "refine_learning_rate", None),
+        refine_coarse_fraction=getattr(args, "refine_coarse_fraction", None),
         max_pairs=args.max_pairs,
         affine=not getattr(args, "no_affine", False),
     )
@@ -224,7 +227,7 @@ def evaluate(options: EvaluationOptions, log=print) -> dict:
     involved = [n for n in names if any(n in pair for pair in pairs)]
 
     skipped: dict[str, str] = {}
-    if "network+refine" not in methods and (options.refine_smoothness is not None or options.refine_learning_rate is not None):
+    if "network+refine" not in methods and (options.refine_smoothness is not None or options.refine_learning_rate is not None or options.refine_coarse_fraction is not None):
         raise VoxelMorphRegError("--refine-smoothness and --refine-learning-rate apply to the network+refine method, which is not among --methods")
     context = {"ants": None, "network_methods": {}}
     if "ants" in methods:

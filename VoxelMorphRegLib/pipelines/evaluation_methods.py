@@ -63,6 +63,7 @@ def network_options(evaluation, refine: int) -> RegisterOptions:
     if refine != 0:
         options.refine_smoothness = evaluation.refine_smoothness
         options.refine_learning_rate = evaluation.refine_learning_rate
+        options.refine_coarse_fraction = evaluation.refine_coarse_fraction
     return options
 
 

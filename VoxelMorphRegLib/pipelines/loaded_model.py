@@ -123,4 +123,9 @@ def refinement_settings(options: RegisterOptions, config: ModelConfig, has_netwo
     source, learning_rate = chosen(options.refine_learning_rate, "--refine-learning-rate", "default_refine_learning_rate")
     if learning_rate <= 0:
         raise VoxelMorphRegError(f"{source} must be a finite number > 0, got {learning_rate}")
-    return {"iterations": iterations, "smoothness": smoothness, "learning_rate": learning_rate}
+    source, coarse_fraction = chosen(getattr(options, "refine_coarse_fraction", None), "--refine-coarse-fraction", "default_refine_coarse_fraction")
+    if not 0 <= coarse_fraction <= 1:
+        raise VoxelMorphRegError(f"{source} must be between 0 and 1, got {coarse_fraction}")
+    coarse = int(round(iterations * coarse_fraction))
+    return {"iterations": iterations, "smoothness": smoothness, "learning_rate": learning_rate, "coarse_fraction": coarse_fraction,
+            "coarse_iterations": coarse, "fine_iterations": iterations - coarse}

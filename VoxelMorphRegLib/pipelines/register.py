@@ -93,7 +93,9 @@ def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, 
         velocity = zero_velocity(model, shape, device)
     refine_iterations = refinement["iterations"]
     if refine_iterations > 0:
-        stages.start("refine", 55, f"refinement: {refine_iterations} iterations on {device.type.upper()}")
+        coarse = refinement.get("coarse_iterations", 0)
+        schedule = f" ({coarse} on the coarse grid, {refine_iterations - coarse} on the model grid)" if coarse else ""
+        stages.start("refine", 55, f"refinement: {refine_iterations} iterations{schedule} on {device.type.upper()}")
         step = max(1, refine_iterations // 10)
 
         def progress(i, n, loss):
@@ -108,6 +110,7 @@ def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, 
         )
         if should_stop():
             raise CancelledError("registration cancelled")
+            coarse_iterations=refinement.get("coarse_iterations", 0), integration_steps=model.integration_steps,
     stages.start("integration", 65, "integrating the velocity field (scaling and squaring)")
     with torch.inference_mode():
         flow = model.flow_from_velocity(velocity, shape)
@@ -225,6 +228,7 @@ def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
     # after the image is freed, giving garbage scores.
     fixed_array = sitk.GetArrayFromImage(fixed_labels)
     before = sitk.GetArrayFromImage(resample_to(moving_labels, fixed_labels, None, labels=True))
+        "refine_coarse_iterations": refinement.get("coarse_iterations", 0),
     after = sitk.GetArrayFromImage(warped_labels)
     labels = sorted(set(np.unique(fixed_array).tolist()) & set(np.unique(sitk.GetArrayFromImage(moving_labels)).tolist()) - {0})
     report = {"labels": labels}

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from monai.data import IterableDataset
 from torch.utils.data import get_worker_info
 
+from ..contract import Progress, no_events
 from ..errors import VoxelMorphRegError
 from ..freesurfer_labels import EXTRA_CEREBRAL_CSF, T1_INTENSITY
 from ..image.affine import affine_register
@@ -103,9 +104,15 @@ def prepare_subject(source: SubjectSource, atlas: sitk.Image, config, cache, sku
     return Subject(source.name, payload.get("image"), payload.get("labels"))
 
 
-def prepare_all(sources, atlas_path, config, cache, skull_strip, align=True, log=print) -> list[Subject]:
+def prepare_all(sources, atlas_path, config, cache, skull_strip, align=True, log=print, events=no_events) -> list[Subject]:
+    """Every source prepared (see :func:`prepare_subject`); ``events`` gets a ``Progress`` per subject."""
     atlas = read_volume(atlas_path)
-    return [prepare_subject(s, atlas, config, cache, skull_strip, align, log) for s in sources]
+    subjects = []
+    for number, source in enumerate(sources, start=1):
+        started = time.perf_counter()
+        subjects.append(prepare_subject(source, atlas, config, cache, skull_strip, align, log))
+        events(Progress("prepare", number, len(sources), None, None, f"prepared {source.name} in {time.perf_counter() - started:.1f} s"))
+    return subjects
 
 
 @dataclass

@@ -7,10 +7,22 @@ it is a classical optimisation-based diffeomorphic registration.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from .integration import integrate_velocity
 from .losses import ImageSimilarity, Smoothness
 from .registration_network import RegistrationNetwork
 from .warping import warp
+
+
+def on_grid(image: torch.Tensor, shape) -> torch.Tensor:
+    """``image`` smoothed over 3 voxels and sampled on a coarser grid of ``shape`` covering the
+    same field of view (corner voxel centres aligned, the convention of ``resize_flow``)."""
+    shape = tuple(int(n) for n in shape)
+    if tuple(image.shape[2:]) == shape:
+        return image
+    smoothed = F.avg_pool3d(image, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+    return F.interpolate(smoothed, size=shape, mode="trilinear", align_corners=True)
 
 
 def refine_velocity(
@@ -25,27 +37,50 @@ def refine_velocity(
     learning_rate: float = 0.1,
     progress=None,
     should_stop=lambda: False,
+    coarse_iterations: int = 0,
+    integration_steps: int = 7,
+    coarse_window: int = 5,
+    tolerance: float = 0.0,
 ) -> torch.Tensor:
-    """Return the velocity after ``iterations`` Adam steps on ``sim(warp(moving), fixed) + w * smooth(v)``.
+    """Return the velocity after Adam steps on ``sim(warp(moving), fixed) + w * smooth(v)``.
 
-    ``flow_from_velocity(v)`` maps a velocity to the flow on the images' grid (integration and
-    upsampling), so the refinement optimises exactly what registration then uses.
+    Two levels, both optimising the same velocity (on its own grid, e.g. 4 mm for a 2 mm model):
+    first ``coarse_iterations`` steps with the images brought onto the velocity's grid, where
+    the integrated field needs no upsampling and every step costs several times less; then
+    ``iterations`` steps on the images' grid, where ``flow_from_velocity(v)`` maps a velocity to
+    the flow (integration and upsampling), so the refinement ends on exactly what registration
+    then uses. With ``tolerance > 0`` a level stops early once its loss has improved by less
+    than ``tolerance`` over the last 10 steps. ``progress(i, n, loss)`` counts both levels.
     """
     velocity = velocity.detach().clone().float().requires_grad_(True)
     optimiser = torch.optim.Adam([velocity], lr=learning_rate)
-    sim = ImageSimilarity(similarity, window).to(moving.device)
     smooth = Smoothness("gradient").to(moving.device)
     moving, fixed = moving.float(), fixed.float()
-    for iteration in range(iterations):
-        if should_stop():
-            break
-        optimiser.zero_grad(set_to_none=True)
-        flow = flow_from_velocity(velocity)
-        loss = sim(warp(moving, flow), fixed) + smoothness_weight * smooth(velocity)
-        loss.backward()
-        optimiser.step()
-        if progress is not None:
-            progress(iteration + 1, iterations, loss.item())
+    total = coarse_iterations + iterations
+    done = 0
+    levels = []
+    if coarse_iterations > 0:
+        grid = velocity.shape[2:]
+        coarse_moving, coarse_fixed = on_grid(moving, grid), on_grid(fixed, grid)
+        levels.append((coarse_iterations, ImageSimilarity(similarity, coarse_window).to(moving.device), coarse_moving, coarse_fixed, lambda v: integrate_velocity(v, integration_steps)))
+    if iterations > 0:
+        levels.append((iterations, ImageSimilarity(similarity, window).to(moving.device), moving, fixed, flow_from_velocity))
+    for count, sim, level_moving, level_fixed, to_flow in levels:
+        history = []
+        for _ in range(count):
+            if should_stop():
+                return velocity.detach()
+            optimiser.zero_grad(set_to_none=True)
+            loss = sim(warp(level_moving, to_flow(velocity)), level_fixed) + smoothness_weight * smooth(velocity)
+            loss.backward()
+            optimiser.step()
+            done += 1
+            history.append(loss.item())
+            if progress is not None:
+                progress(done, total, history[-1])
+            if tolerance > 0 and len(history) > 10 and history[-11] - history[-1] < tolerance:
+                done += count - len(history)  # the level's remaining steps are skipped
+                break
     return velocity.detach()
 
 
