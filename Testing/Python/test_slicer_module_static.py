@@ -300,3 +300,27 @@ def test_fixed_and_moving_selectors_do_not_both_take_the_first_volume():
     for name in ("fixedVolumeSelector", "movingVolumeSelector"):
         assert _widget_properties(name)["noneEnabled"] == ["true"], name
     assert "def onNodeAdded(self, caller, event, node)" in module_source()
+
+
+# -- the in-Slicer check a maintainer runs (Testing/Slicer/run_in_slicer.py) ----------------------------
+
+IN_SLICER = ROOT / "Testing" / "Slicer" / "run_in_slicer.py"
+
+
+def test_in_slicer_check_compiles_and_uses_the_panel_as_it_is(tmp_path):
+    py_compile.compile(str(IN_SLICER), cfile=str(tmp_path / "run_in_slicer.pyc"), doraise=True)
+    text = IN_SLICER.read_text(encoding="utf-8")
+    _, widgets, _ = ui_widgets()
+    used = set(re.findall(r"\bui\.(\w+)", text))
+    assert used and not sorted(used - set(widgets)), f"not in the .ui: {sorted(used - set(widgets))}"
+    assert "VOXELMORPHREG IN-SLICER CHECK: PASS" in text and "VOXELMORPHREG IN-SLICER CHECK: FAIL" in text
+    assert 'downloadSample("MRHead")' in text and "slicer.util.exit(" in text
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "Testing/Slicer/run_in_slicer.py" in readme and "--python-script" in readme
+
+
+def test_supported_slicer_versions_are_stated():
+    text = CMAKE.read_text(encoding="utf-8")
+    description = re.search(r'set\(EXTENSION_DESCRIPTION\s+"([^"]+)"\)', text).group(1)
+    assert "Slicer 5.6 to 5.10" in description and "Supported Slicer versions: 5.6 to 5.10" in text
+    assert "**Supported Slicer versions: 5.6, 5.8 and 5.10**" in (ROOT / "README.md").read_text(encoding="utf-8")
