@@ -45,9 +45,9 @@ except ImportError:  # Slicer < 5.4
 
 
 MODULE_FOLDER = Path(__file__).resolve().parent
-MODELS_FOLDER = MODULE_FOLDER / "Resources" / "Models"
-BUNDLED_MODEL = "bundled"
-NO_MODEL = "none"
+# Which model "bundled" is, and what "none" means, is decided in one place (torch-free).
+from VoxelMorphRegLib.model_resolution import BUNDLED as BUNDLED_MODEL  # noqa: E402
+from VoxelMorphRegLib.model_resolution import NO_MODEL  # noqa: E402
 
 
 #
@@ -800,7 +800,10 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def bundledModels() -> list:
-        return sorted(MODELS_FOLDER.glob("*.pt")) if MODELS_FOLDER.is_dir() else []
+        """The bundled model files found, the one "bundled" means first (``VoxelMorphRegLib.model_resolution``)."""
+        from VoxelMorphRegLib.model_resolution import bundled_models
+
+        return bundled_models()
 
     def modelChoices(self, userModels=()) -> list:
         """``(label, value, tooltip)`` for the model combo box."""
@@ -819,17 +822,12 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
     def modelFile(self, model) -> str:
         """The checkpoint file of a model choice ("bundled", a path); raises for "none" or a missing file."""
         from VoxelMorphRegLib.errors import VoxelMorphRegError
+        from VoxelMorphRegLib.model_resolution import resolve_model_path
 
-        if not model or model == BUNDLED_MODEL:
-            bundled = self.bundledModels()
-            if not bundled:
-                raise VoxelMorphRegError(f"no bundled model found in {MODELS_FOLDER}")
-            return str(bundled[0])
-        if model == NO_MODEL:
+        path = resolve_model_path(model)
+        if path is None:
             raise VoxelMorphRegError("fine-tuning needs a model: select the bundled model or a checkpoint in Settings")
-        if not Path(model).is_file():
-            raise VoxelMorphRegError(f"{model}: model file not found")
-        return str(model)
+        return str(path)
 
     @staticmethod
     def missingDependencies() -> list:

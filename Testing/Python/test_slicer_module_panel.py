@@ -271,3 +271,19 @@ def test_the_extensions_own_test_skips_offline_with_the_reason(app, monkeypatch)
     monkeypatch.setattr(module.VoxelMorphRegTest, "delayDisplay", lambda self, message, *args: shown.append(message), raising=False)
     module.VoxelMorphRegTest().runTest()  # "Reload and Test": no exception, four lines saying why
     assert len([line for line in shown if " skipped: " in line]) == 4
+
+
+def test_the_module_bundles_the_model_the_engine_calls_bundled(app, monkeypatch, tmp_path):
+    """One place decides "bundled" (model_resolution): with v1 and v2 present it is v2, not the first file name."""
+    from VoxelMorphRegLib import model_resolution
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("voxelmorphreg_v1.pt", "voxelmorphreg_v2.pt", "aaa_other.pt"):
+        (folder / name).write_bytes(b"")
+    monkeypatch.setenv(model_resolution.MODEL_DIR_VARIABLE, str(folder))
+    logic = app["widget"].logic
+    choices = logic.modelChoices([])
+    assert choices[0][1] == "bundled" and "voxelmorphreg_v2.pt" in choices[0][2]
+    assert logic.modelFile("bundled") == str(model_resolution.bundled_model_path()) == str(folder / "voxelmorphreg_v2.pt")
+    assert [c[0] for c in choices[1:-1]] == ["Bundled: voxelmorphreg_v1"] and choices[-1][1] == "none"
