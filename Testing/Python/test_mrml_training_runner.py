@@ -607,5 +607,12 @@ def test_real_engine_behind_a_launcher_that_died_is_waited_for_and_stops_cleanly
         runner.stop(wait=True)
     _check_stopped_run(runner, plot)
     assert runner.process.waited_for_orphans and runner.process.engine_pid == engine_pid  # from the real engine's "started" event
+    # The real engine's training events drive the progress line (no text is parsed).
+    from VoxelMorphRegLib import contract
+
+    steps = [e for e in runner.events if isinstance(e, contract.Step)]
+    validations = [e for e in runner.events if isinstance(e, contract.Validation)]
+    assert steps and steps[0].steps == 1000 and validations and 0.0 <= validations[0].dice <= 1.0
+    assert runner.last_progress is not None and runner.last_progress.validation_dice is not None
     time.sleep(0.2)
     assert not _alive(engine_pid)
