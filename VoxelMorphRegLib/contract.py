@@ -48,6 +48,20 @@ QC_FIGURE = "qc.png"
 REGISTER_IMAGES = (WARPED, WARPED_LABELS, DISPLACEMENT, INVERSE_DISPLACEMENT, JACOBIAN)
 REGISTER_OUTPUTS = REGISTER_IMAGES + (QC_FIGURE, METRICS)
 
+
+def output_name(name: str, compressed: bool = True) -> str:
+    """The file name of the output ``name`` (spelled as above) in the format a run writes:
+    ``warped.nii.gz``, or ``warped.nii`` with ``RegisterOptions.compress=False`` (``--uncompressed``)."""
+    return name if compressed or not name.endswith(".nii.gz") else name[: -len(".gz")]
+
+
+# Every name a register run may write, in both formats (a re-run in the other format replaces them).
+REGISTER_OUTPUT_NAMES = REGISTER_OUTPUTS + tuple(output_name(name, False) for name in REGISTER_IMAGES)
+# Batch registration (``voxelmorphreg batch``): the summary in --out, one row per pair of the input CSV.
+BATCH_SUMMARY = "summary.csv"
+BATCH_SUMMARY_COLUMNS = ("name", "status", "seconds", "error", "mean_dice_before", "mean_dice_after", "folding_fraction", "out")
+BATCH_STATUSES = ("ok", "failed", "interrupted", "skipped", "pending")
+
 LAST_CHECKPOINT = "last.pt"  # written every few steps and on a stop; the same command resumes from it
 BEST_CHECKPOINT = "best.pt"  # best validation Dice (the last model without a validation set)
 TRAINING_LOG = "log.csv"
@@ -184,6 +198,32 @@ class Done(Event):
     files: list = field(default_factory=list)
     seconds: float | None = None
     summary: dict = field(default_factory=dict)  # register: mean Dice; train: step, best_validation_dice
+
+
+@_event
+class PairStarted(Event):
+    """Batch registration: pair ``index`` (1-based) of ``total`` begins."""
+
+    kind: ClassVar[str] = "pair_started"
+    name: str
+    index: int
+    total: int
+
+
+@_event
+class PairDone(Event):
+    """Batch registration: pair ``index`` of ``total`` ended with ``status`` (see
+    :data:`BATCH_STATUSES`); ``error``: its one-line message; ``summary``: its row of summary.csv."""
+
+    kind: ClassVar[str] = "pair_done"
+    name: str
+    index: int
+    total: int
+    status: str
+    seconds: float | None = None
+    error: str = ""
+    out: str = ""
+    summary: dict = field(default_factory=dict)
 
 
 def _plain(value):
@@ -363,8 +403,12 @@ class RegisterOptions:
     refine_iterations: int | None = option("--refine", "N iterations of per-pair refinement (default: the model's own default, 200 for the bundled model; 200 with --model none; 0 for the network alone)", kind=int, metavar="N")
     refine_smoothness: float | None = option("--refine-smoothness", "weight of velocity smoothness in the refinement loss (default: the model's; larger is smoother)", kind=float, metavar="W")
     refine_learning_rate: float | None = option("--refine-learning-rate", "Adam step size of the refinement (default: the model's)", kind=float, metavar="LR")
+    refine_coarse_fraction: float | None = option("--refine-coarse-fraction", "share of the --refine iterations run first on the velocity's coarser grid, where each costs several times less (default: the model's)", kind=float, metavar="F")
     integration_steps: int | None = option("--integration-steps", "scaling-and-squaring steps (default: the model's)", kind=int, metavar="N")
     qc: bool = option("--no-qc", "do not draw qc.png", True, negates=True)
+    inverse: bool = option("--no-inverse", "do not compute or write inverse_displacement", True, negates=True)
+    jacobian: bool = option("--no-jacobian", "do not write jacobian (metrics.json still has the folding statistics)", True, negates=True)
+    compress: bool = option("--uncompressed", "write the images as uncompressed .nii (warped.nii ...): larger, faster to write and read back", True, negates=True)
 
 
 @dataclass
@@ -403,10 +447,10 @@ class TrainOptions:
     spacing: float = option("--spacing", "model grid spacing, mm", 2.0, kind=float)
     svf_level: int = option("--svf-level", "velocity field at input resolution / 2**level", 1, kind=int)
     validate_every: int = option("--validate-every", "steps between validations", 100, kind=int)
-    refine_coarse_fraction: float | None = option("--refine-coarse-fraction", "share of the --refine iterations run first on the velocity's coarser grid, where each costs several times less (default: the model's)", kind=float, metavar="F")
     default_refine: int | None = option("--default-refine", "refinement iterations `register` runs with the trained model by default (stored in its config; default: the --init model's, else 0)", kind=int, metavar="N")
     default_refine_smoothness: float | None = option("--default-refine-smoothness", "the trained model's default refinement smoothness weight (default: the --init model's, else 1.0)", kind=float, metavar="W")
     default_refine_learning_rate: float | None = option("--default-refine-learning-rate", "the trained model's default refinement step size (default: the --init model's, else 0.1)", kind=float, metavar="LR")
+    default_refine_coarse_fraction: float | None = option("--default-refine-coarse-fraction", "the trained model's default share of refinement iterations on the coarse grid (default: the --init model's, else 0)", kind=float, metavar="F")
     skull_strip_labels: bool = option("--skull-strip-labels", "set non-brain labels of whole-head label maps to background", False)
     eval_labels: str | None = option("--eval-labels", "JSON list of label IDs to average Dice over (e.g. labels30.json)")
     cache: str | None = option("--cache", "folder caching subjects on the model grid")
@@ -446,4 +490,3 @@ def command_line(job, events: str | None = None, quiet: bool = False) -> list:
     if quiet:
         argv.append("--quiet")
     return argv
-    default_refine_coarse_fraction: float | None = option("--default-refine-coarse-fraction", "the trained model's default share of refinement iterations on the coarse grid (default: the --init model's, else 0)", kind=float, metavar="F")

@@ -176,6 +176,18 @@ def _run_train(args, log, events):
                 {"step": summary["step"], "best_validation_dice": summary["best_validation_dice"]}))
 
 
+def _add_batch(sub):
+    from .batch_command import add_parser
+
+    add_parser(sub, _add_common)
+
+
+def _run_batch(args, log, events):
+    from .batch_command import run
+
+    run(args, log, events, _stop_on_stdin() if getattr(args, "stop_on_stdin", False) else (lambda: False))
+
+
 def _run_evaluate(args, log, events):
     from ..pipelines.evaluate import run
 
@@ -191,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_register(sub)
     _add_demo(sub)
     _add_train(sub)
+    _add_batch(sub)
     from ..pipelines.evaluate import add_parser as add_evaluate
 
     add_evaluate(sub)
@@ -223,7 +236,7 @@ def _main(argv) -> int:
     from .. import __version__
 
     channel.emit(Started(args.command, __version__, pid=os.getpid()))
-    runners = {"register": _run_register, "demo": _run_demo, "train": _run_train, "evaluate": _run_evaluate}
+    runners = {"register": _run_register, "demo": _run_demo, "train": _run_train, "evaluate": _run_evaluate, "batch": _run_batch}
     try:
         runners[args.command](args, log, channel.emit)
     except VoxelMorphRegError as exc:

@@ -176,6 +176,27 @@ class OutputSet:
         return False
 
 
+def add_to_committed_set(folder, manifest_name: str, name: str, data: bytes, manifest: dict) -> dict:
+    """Add one file to the set that ``manifest`` (what :meth:`OutputSet.commit` returned) describes,
+    after its commit: ``name`` is written and verified under a temporary name, then moved into place
+    and the manifest rewritten to list it, both while signals are held. Used for qc.png, which is
+    drawn while the images are committed. When the folder's manifest is no longer this run's (a
+    later run committed meanwhile), nothing is written. Returns the manifest as written."""
+    folder = Path(folder)
+    if _manifest_run(folder / manifest_name) != manifest.get("run_id"):
+        return manifest
+    with OutputSet(folder) as extra:
+        entry = _write_bytes(bytes(data), extra.temporary(name), folder / name)
+        manifest = {**manifest, "files": dict(sorted({**manifest.get("files", {}), name: entry}.items()))}
+        _write_bytes(json.dumps(manifest, indent=2).encode(), extra.temporary(manifest_name), folder / manifest_name)
+        with _signals_held():
+            os.replace(extra.temporary(name), folder / name)
+            os.replace(extra.temporary(manifest_name), folder / manifest_name)
+            _fsync_folder(folder)
+            extra._finish(success=True)
+    return manifest
+
+
 def check_manifest(folder, manifest_name: str) -> list[str]:
     """What is wrong with the set in ``folder`` (empty: every file the manifest lists is there, with its size and SHA-256)."""
     folder = Path(folder)

@@ -39,11 +39,12 @@ def _scaled(array: np.ndarray) -> np.ndarray:
 
 
 def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = None) -> bytes:
-    """PNG bytes of the QC figure for a :class:`RegistrationResult`."""
-    import matplotlib
+    """PNG bytes of the QC figure for a :class:`RegistrationResult`.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global figure state), so it
+    may run on a thread of its own while the outputs are written (pipelines/register.py)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     before = resample_to(moving, fixed, result.affine)
     fixed_a, spacing = _display(fixed)
@@ -55,7 +56,9 @@ def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = N
     fixed_s, before_s, warped_s = _scaled(fixed_a), _scaled(before_a), _scaled(warped_a)
 
     columns = ["fixed", "moving (affine only)" if result.affine is not None else "moving (no registration)", "warped moving", "overlay: fixed magenta, warped green", "deformation grid", "Jacobian determinant"]
-    fig, axes = plt.subplots(3, 6, figsize=(21, 10.5), facecolor="black")
+    fig = Figure(figsize=(21, 10.5), facecolor="black")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, 6)
     planes = [_planes(v, spacing) for v in (fixed_s, before_s, warped_s, jac_a)]
     map_planes = _mapped_planes(oriented, field_a, spacing)
     in_plane_axes = [(0, 1), (0, 2), (1, 2)]  # physical components spanning each plane (x, y, z)
@@ -98,7 +101,6 @@ def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = N
     fig.suptitle(title or _summary(result.metrics), color="white", fontsize=13)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, facecolor="black")
-    plt.close(fig)
     return buffer.getvalue()
 
 

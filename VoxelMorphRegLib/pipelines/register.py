@@ -22,7 +22,7 @@ from ..errors import CancelledError
 from ..image.affine import affine_register
 from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, physical_to_flow, vector_image
 from ..image.io import ensure_output_folder, read_labels, read_volume, write_nifti_displacement
-from ..image.output_set import OutputSet
+from ..image.output_set import OutputSet, add_to_committed_set
 from ..image.model_grid import resample_to
 from ..image.preprocessing import grid_for, image_on_grid
 from ..model_resolution import bundled_model_path, model_search_path  # noqa: F401 (re-exported)
@@ -41,7 +41,7 @@ FIELD_QUANTUM_MM = 1.0 / 1024
 class RegistrationResult:
     warped: sitk.Image
     displacement: sitk.Image  # fixed -> moving, on the fixed grid, LPS mm, VectorFloat64
-    inverse_displacement: sitk.Image  # moving -> fixed, on the moving grid
+    inverse_displacement: sitk.Image | None  # moving -> fixed, on the moving grid (None with --no-inverse)
     jacobian: sitk.Image
     warped_labels: sitk.Image | None
     affine: sitk.Transform | None
@@ -77,13 +77,16 @@ class _Stages:
         return self.seconds
 
 
-def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, log, should_stop, events=no_events):
-    """Run the network (and refinement) on ``device``; returns (flow, inverse flow) as NumPy, voxel units."""
+def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, log, should_stop, events=no_events, inverse=True, velocity=None):
+    """Run the network (unless ``velocity`` is given) and the refinement on ``device``; returns
+    (flow, inverse flow or None) as NumPy, voxel units."""
     model = loaded.module().to(device)  # a no-op where it is already there; back from the CPU after a fall-back
     refinement = loaded.refinement
     moving_t, fixed_t = moving_t.to(device), fixed_t.to(device)
     shape = moving_t.shape[2:]
-    if loaded.has_network:
+    if velocity is not None:
+        velocity = velocity.to(device)
+    elif loaded.has_network:
         stages.start("network", 40, f"network inference on {device.type.upper()}")
         with torch.inference_mode():
             velocity = model.unet(moving_t, fixed_t).float()
@@ -105,25 +108,66 @@ def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, 
                 events(Progress("refine", i, n, percent, float(loss), text))
 
         velocity = refine_velocity(
-            moving_t, fixed_t, velocity, lambda v: model.flow_from_velocity(v, shape), refine_iterations,
+            moving_t, fixed_t, velocity, lambda v: model.flow_from_velocity(v, shape), refinement.get("fine_iterations", refine_iterations),
             smoothness_weight=refinement["smoothness"], learning_rate=refinement["learning_rate"], progress=progress, should_stop=should_stop,
+            coarse_iterations=refinement.get("coarse_iterations", 0), integration_steps=model.integration_steps,
         )
         if should_stop():
             raise CancelledError("registration cancelled")
-            coarse_iterations=refinement.get("coarse_iterations", 0), integration_steps=model.integration_steps,
     stages.start("integration", 65, "integrating the velocity field (scaling and squaring)")
     with torch.inference_mode():
         flow = model.flow_from_velocity(velocity, shape)
-        inverse = model.inverse_flow(velocity, shape)
-    return flow[0].cpu().numpy(), inverse[0].cpu().numpy(), model.integration_steps
+        inverse = model.inverse_flow(velocity, shape)[0].cpu().numpy() if inverse else None
+    return flow[0].cpu().numpy(), inverse, model.integration_steps
 
 
-def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions | None = None, moving_labels: sitk.Image | None = None, fixed_labels: sitk.Image | None = None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None) -> RegistrationResult:
+@dataclass
+class PreparedPair:
+    """A pair up to the network: the affine and both images on the model grid (:func:`prepare_pair`)."""
+
+    config: object  # the ModelConfig of this pair
+    memory: dict
+    affine: sitk.Transform | None
+    grid: sitk.Image
+    fixed_t: torch.Tensor  # [1, 1, K, J, I] on the CPU
+    moving_t: torch.Tensor
+    seconds: dict
+    elapsed: float
+
+
+def prepare_pair(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions, model: LoadedModel, log=print, should_stop=lambda: False, events=no_events, stages=None) -> PreparedPair:
+    """Memory check, affine pre-alignment and the model grid: what comes before the network.
+
+    Batch registration prepares several pairs, runs the network on them together and hands each
+    its :class:`PreparedPair` and velocity (``register_images(prepared=..., velocity=...)``)."""
+    stages = stages or _Stages(log, events)
+    started = time.perf_counter()
+    config = model.config_for(fixed)
+    memory = check_memory(fixed, moving, config)  # one-line error before any work when it would not fit
+    affine = None
+    if options.affine:
+        stages.start("affine", 10, "affine pre-alignment (SimpleITK, mutual information)")
+        affine = affine_register(fixed, moving)
+    if should_stop():
+        raise CancelledError("registration cancelled")
+    stages.start("model_grid", 30, "resampling both images onto the model grid")
+    grid = grid_for(fixed, config)
+    fixed_array = image_on_grid(fixed, grid, None, config)
+    moving_array = image_on_grid(moving, grid, affine, config)
+    stages.stop()
+    return PreparedPair(config, memory, affine, grid, torch.from_numpy(fixed_array)[None, None], torch.from_numpy(moving_array)[None, None],
+                        dict(stages.seconds), time.perf_counter() - started)
+
+
+def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions | None = None, moving_labels: sitk.Image | None = None, fixed_labels: sitk.Image | None = None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None,
+                    prepared: PreparedPair | None = None, velocity: torch.Tensor | None = None) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both float32 SimpleITK volumes, already checked).
 
     ``model``: a :class:`LoadedModel` prepared once for many pairs; it brings the network, device,
     refinement and integration steps, and ``options`` then only say ``affine`` (and ``qc`` for
     :func:`register_files`). Without it the model of ``options`` is loaded for this pair.
+    ``prepared`` (from :func:`prepare_pair`) and ``velocity`` (the network's, ``[1, 3, ...]``):
+    what batch registration computed beforehand for this pair; both need ``model``.
     ``log`` gets the human lines, ``events`` the :mod:`~VoxelMorphRegLib.contract` events."""
     options = options or RegisterOptions()
     stages = _Stages(log, events)
@@ -131,41 +175,34 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         stages.start("model", 5, "loading the model")
         model = load_model(options)
     device, refinement, model_description = model.device, model.refinement, model.description
-    config = model.config_for(fixed)
-    memory = check_memory(fixed, moving, config)  # one-line error before any work when it would not fit
-
-    affine = None
-    if options.affine:
-        stages.start("affine", 10, "affine pre-alignment (SimpleITK, mutual information)")
-        affine = affine_register(fixed, moving)
-    if should_stop():
-        raise CancelledError("registration cancelled")
-
-    stages.start("model_grid", 30, "resampling both images onto the model grid")
-    grid = grid_for(fixed, config)
-    fixed_array = image_on_grid(fixed, grid, None, config)
-    moving_array = image_on_grid(moving, grid, affine, config)
-    fixed_t = torch.from_numpy(fixed_array)[None, None]
-    moving_t = torch.from_numpy(moving_array)[None, None]
+    if prepared is None:
+        prepared = prepare_pair(fixed, moving, options, model, log, should_stop, events, stages)
+    else:
+        stages.seconds.update(prepared.seconds)
+        stages.started -= prepared.elapsed  # seconds["total"] includes the preparation
+    config, memory, affine, grid = prepared.config, prepared.memory, prepared.affine, prepared.grid
+    fixed_t, moving_t = prepared.fixed_t, prepared.moving_t
 
     used_device, fallback = device, None
     try:
-        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, device, stages, log, should_stop, events)
+        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, device, stages, log, should_stop, events, options.inverse, velocity)
     except torch.cuda.OutOfMemoryError:
         fallback = "CUDA ran out of memory; fell back to the CPU"
         log(f"warning: {fallback}")
         events(Message(fallback, "warning"))
         torch.cuda.empty_cache()
         used_device = torch.device("cpu")
-        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, used_device, stages, log, should_stop, events)
+        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, used_device, stages, log, should_stop, events, options.inverse, velocity)
     if should_stop():
         raise CancelledError("registration cancelled")
 
     stages.start("field", 70, "composing the displacement with the affine on the fixed grid")
     deformable = vector_image(flow_to_physical(flow, grid), grid)
-    inverse_deformable = vector_image(flow_to_physical(inverse_flow, grid), grid)
     displacement = vector_image(_quantised(compose_on_fixed(deformable, affine, fixed)), fixed)
-    inverse_displacement = vector_image(_quantised(compose_inverse_on_moving(inverse_deformable, affine, moving)), moving)
+    inverse_displacement = None  # options.inverse False (--no-inverse): neither computed nor written
+    if inverse_flow is not None:
+        inverse_deformable = vector_image(flow_to_physical(inverse_flow, grid), grid)
+        inverse_displacement = vector_image(_quantised(compose_inverse_on_moving(inverse_deformable, affine, moving)), moving)
 
     stages.start("warp", 78, "warping the moving image (and labels) onto the fixed grid")
     transform = displacement_transform(displacement)
@@ -191,6 +228,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         "refine_iterations": refinement["iterations"],
         "refine_smoothness": refinement["smoothness"],
         "refine_learning_rate": refinement["learning_rate"],
+        "refine_coarse_iterations": refinement.get("coarse_iterations", 0),
         "integration_steps": steps,
         **folding_statistics(determinant),
     }
@@ -228,7 +266,6 @@ def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
     # after the image is freed, giving garbage scores.
     fixed_array = sitk.GetArrayFromImage(fixed_labels)
     before = sitk.GetArrayFromImage(resample_to(moving_labels, fixed_labels, None, labels=True))
-        "refine_coarse_iterations": refinement.get("coarse_iterations", 0),
     after = sitk.GetArrayFromImage(warped_labels)
     labels = sorted(set(np.unique(fixed_array).tolist()) & set(np.unique(sitk.GetArrayFromImage(moving_labels)).tolist()) - {0})
     report = {"labels": labels}
@@ -242,6 +279,30 @@ def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
     return report
 
 
+@dataclass
+class PairImages:
+    """The images of one pair, read and checked (:func:`read_pair`), and where they came from."""
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    moving_labels: sitk.Image | None
+    fixed_labels: sitk.Image | None
+    inputs: dict  # fixed, moving, moving_labels, fixed_labels: the paths as given (None where absent)
+    seconds: float  # reading time
+
+
+def read_pair(fixed_path, moving_path, moving_labels=None, fixed_labels=None) -> PairImages:
+    """Read and check a pair's files (one-line errors naming the file); no torch involved, so that
+    batch registration reads the next pair in a thread while the current one computes."""
+    started = time.perf_counter()
+    fixed = read_volume(fixed_path, name=f"fixed image {fixed_path}")
+    moving = read_volume(moving_path, name=f"moving image {moving_path}")
+    moving_label_image = read_labels(moving_labels, reference=moving, name=f"moving labels {moving_labels}") if moving_labels else None
+    fixed_label_image = read_labels(fixed_labels, reference=fixed, name=f"fixed labels {fixed_labels}") if fixed_labels else None
+    inputs = {"fixed": str(fixed_path), "moving": str(moving_path), "moving_labels": moving_labels and str(moving_labels), "fixed_labels": fixed_labels and str(fixed_labels)}
+    return PairImages(fixed, moving, moving_label_image, fixed_label_image, inputs, time.perf_counter() - started)
+
+
 def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None) -> RegistrationResult:
     """Read, register and write every output into ``out_dir`` (see README: Outputs).
 
@@ -251,45 +312,75 @@ def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | 
     log("[  0%] reading the images")
     events(Stage("read", 0, "reading the images"))
     out = ensure_output_folder(out_dir)
-    fixed = read_volume(fixed_path, name=f"fixed image {fixed_path}")
-    moving = read_volume(moving_path, name=f"moving image {moving_path}")
-    moving_label_image = read_labels(moving_labels, reference=moving, name=f"moving labels {moving_labels}") if moving_labels else None
-    fixed_label_image = read_labels(fixed_labels, reference=fixed, name=f"fixed labels {fixed_labels}") if fixed_labels else None
-    read_seconds = time.perf_counter() - started
-    result = register_images(fixed, moving, options, moving_label_image, fixed_label_image, log, should_stop, events, model)
+    images = read_pair(fixed_path, moving_path, moving_labels, fixed_labels)
+    result = register_images(images.fixed, images.moving, options, images.moving_labels, images.fixed_labels, log, should_stop, events, model)
+    written = write_outputs(out, images, result, options, started, log, events)
+    log("[100%] done")
+    dice = result.metrics.get("dice") or {}
+    events(Done(str(out_dir), written, result.metrics["seconds"]["total"], {key: dice[key] for key in ("mean_before", "mean_affine", "mean_after") if key in dice}))
+    return result
 
-    text = "writing the results" + (" and drawing qc.png" if options.qc else "")
+
+def write_outputs(out, images: PairImages, result: RegistrationResult, options: RegisterOptions, started: float, log=print, events=no_events) -> list:
+    """Write ``result`` into ``out`` through one commit step; returns the names of this run's set.
+
+    ``started``: ``time.perf_counter()`` when the run began (for seconds["total"])."""
+    out = Path(out)
+    text = "writing the results" + (" (qc.png after them)" if options.qc else "")
     log(f"[ 90%] {text}")
     events(Stage("write", 90, text))
     seconds = result.metrics["seconds"]
+    compressed = options.compress
     files = {contract.WARPED: result.warped, contract.WARPED_LABELS: result.warped_labels, contract.DISPLACEMENT: result.displacement,
-             contract.INVERSE_DISPLACEMENT: result.inverse_displacement, contract.JACOBIAN: result.jacobian}
+             contract.INVERSE_DISPLACEMENT: result.inverse_displacement, contract.JACOBIAN: result.jacobian if options.jacobian else None}
+    files = {contract.output_name(name, compressed): image for name, image in files.items() if image is not None}
+    fields = {contract.output_name(name, compressed) for name in (contract.DISPLACEMENT, contract.INVERSE_DISPLACEMENT)}
     write_started = time.perf_counter()
+    qc_drawing = None
     # One commit step (image/output_set.py): every file is written under a temporary name and
     # verified, then the set moves into place together, metrics.json (the manifest) last; on any
     # failure or signal the earlier set stays as it was. ITK compresses outside Python's lock: the
-    # images are written side by side while the QC figure is drawn, so seconds["write"] (the images)
-    # and seconds["qc"] overlap.
+    # images are written side by side. The QC figure is drawn meanwhile on its own thread, but the
+    # set is committed without waiting for it: qc.png joins the committed set afterwards
+    # (output_set.add_to_committed_set), so it is never on the path to the result.
     with OutputSet(out) as outputs:
         for name, image in files.items():
-            if image is not None:
-                # fields as NIfTI displacement vectors (intent 1006), the form Slicer reads without a warning
-                outputs.add_image(name, image, write_nifti_displacement if name in (contract.DISPLACEMENT, contract.INVERSE_DISPLACEMENT) else None)
+            # fields as NIfTI displacement vectors (intent 1006), the form Slicer reads without a warning
+            outputs.add_image(name, image, write_nifti_displacement if name in fields else None)
         if options.qc:
-            from .qc_figure import draw_qc
-
-            qc_started = time.perf_counter()
-            outputs.add_bytes(contract.QC_FIGURE, draw_qc(fixed, moving, result))
-            seconds["qc"] = round(time.perf_counter() - qc_started, 3)
+            qc_drawing = _draw_qc_in_background(images.fixed, images.moving, result)
         outputs.wait()  # a failed write's one-line error
-        seconds["write"] = round(max([outputs.ended[name] for name, image in files.items() if image is not None], default=write_started) - write_started, 3)
-        seconds["read"] = round(read_seconds, 3)
+        seconds["write"] = round(max([outputs.ended[name] for name in files], default=write_started) - write_started, 3)
+        seconds["read"] = round(images.seconds, 3)
         seconds["total"] = round(time.perf_counter() - started, 3)
-        result.metrics["inputs"] = {"fixed": str(fixed_path), "moving": str(moving_path), "moving_labels": moving_labels and str(moving_labels), "fixed_labels": fixed_labels and str(fixed_labels)}
-        # An output of an earlier run that this run does not write (warped_labels, qc.png) is removed with that set.
-        result.metrics = outputs.commit(result.metrics, contract.METRICS, replaces=contract.REGISTER_OUTPUTS)
-    log("[100%] done")
-    written = [name for name in contract.REGISTER_OUTPUTS if name in result.metrics["files"] or name == contract.METRICS]  # this run's set
-    dice = result.metrics.get("dice") or {}
-    events(Done(str(out_dir), written, seconds["total"], {key: dice[key] for key in ("mean_before", "mean_affine", "mean_after") if key in dice}))
-    return result
+        result.metrics["inputs"] = dict(images.inputs)
+        # An output of an earlier run that this run does not write (warped_labels, qc.png, the other format) is removed with that set.
+        result.metrics = outputs.commit(result.metrics, contract.METRICS, replaces=contract.REGISTER_OUTPUT_NAMES)
+    if qc_drawing is not None:
+        qc_started = time.perf_counter()
+        png = qc_drawing.result()
+        seconds = {**result.metrics["seconds"], "qc_wait": round(time.perf_counter() - qc_started, 3)}  # qc: drawing; qc_wait: how long the run waited for it after the commit
+        result.metrics = add_to_committed_set(out, contract.METRICS, contract.QC_FIGURE, png, {**result.metrics, "seconds": seconds})
+    return [name for name in contract.REGISTER_OUTPUT_NAMES if name in result.metrics["files"] or name == contract.METRICS]  # this run's set
+
+
+def _draw_qc_in_background(fixed, moving, result):
+    """A future of qc.png's bytes, drawn on its own thread (matplotlib's object API, no pyplot state)."""
+    import threading
+    from concurrent.futures import Future
+
+    from .qc_figure import draw_qc
+
+    future: Future = Future()
+
+    def draw():
+        started = time.perf_counter()
+        try:
+            png = draw_qc(fixed, moving, result)
+            result.metrics["seconds"]["qc"] = round(time.perf_counter() - started, 3)
+            future.set_result(png)
+        except BaseException as exc:  # handed to the waiting thread
+            future.set_exception(exc)
+
+    threading.Thread(target=draw, name="qc figure", daemon=True).start()
+    return future
