@@ -898,9 +898,11 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             with slicer.util.WaitCursor():
                 slicer.util.pip_install([requirement, "--no-deps"])
             importlib.invalidate_caches()
-        problems = self.dependencyProblems()
-        if problems:
-            raise VoxelMorphRegError("; ".join(problems) + "; a restart of Slicer may help")
+        importlib.invalidate_caches()
+        still = self.missingDependencies()
+        if still:
+            raise VoxelMorphRegError(f"{', '.join(still)} still missing after the installation; restart Slicer and try again (the Python console shows pip's output)")
+        self.checkDependencies()
         return True
 
     # -- training --------------------------------------------------------------------------------

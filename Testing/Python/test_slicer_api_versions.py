@@ -151,6 +151,8 @@ SLICER_API = {
     "qSlicerLayoutManager.plotWidget": "5.0.0",
     "qSlicerLayoutManager.sliceWidget": "5.0.0",
     "slicer.util.NodeModify": "5.0.0",
+    "slicer.util.arrayFromVTKMatrix": "5.0.0",
+    "slicer.util.vtkMatrixFromArray": "5.0.0",
     "slicer.util.WaitCursor": "5.0.0",
     "slicer.util.addVolumeFromArray": "5.0.0",
     "slicer.util.arrayFromVolume": "5.0.0",

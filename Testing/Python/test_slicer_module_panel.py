@@ -17,6 +17,10 @@ require_slicer_core()
 sitk = pytest.importorskip("SimpleITK")
 
 import slicer_app_fakes  # noqa: E402
+from VoxelMorphRegLib.mrml import environment as _environment  # noqa: E402
+
+REAL_DEPENDENCY_PROBLEMS = _environment.dependency_problems
+REAL_MISSING_PACKAGES = _environment.missing_packages
 
 
 def _volume(slicer, name, seed):
@@ -287,3 +291,57 @@ def test_the_module_bundles_the_model_the_engine_calls_bundled(app, monkeypatch,
     assert choices[0][1] == "bundled" and "voxelmorphreg_v2.pt" in choices[0][2]
     assert logic.modelFile("bundled") == str(model_resolution.bundled_model_path()) == str(folder / "voxelmorphreg_v2.pt")
     assert [c[0] for c in choices[1:-1]] == ["Bundled: voxelmorphreg_v1"] and choices[-1][1] == "none"
+
+
+def _packages(monkeypatch, versions, monai_requires):
+    import importlib.metadata
+
+    from VoxelMorphRegLib.mrml import environment
+
+    monkeypatch.setattr(environment, "dependency_problems", REAL_DEPENDENCY_PROBLEMS)
+    monkeypatch.setattr(environment, "installed_version", lambda name: versions.get(name))
+    monkeypatch.setattr(environment, "missing_packages", lambda names=environment.REQUIRED_PACKAGES: [n for n in names if versions.get(n) is None])
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: list(monai_requires))
+
+
+def test_monai_is_installed_to_fit_the_torch_that_is_there(app, monkeypatch):
+    from VoxelMorphRegLib.mrml import environment
+
+    slicer, logic = app["slicer"], app["widget"].logic
+    versions = {"torch": "2.8.0", "numpy": "2.1.0", "monai": None}
+    _packages(monkeypatch, versions, ["torch>=2.8.0"])
+    installed = []
+
+    def pip_install(arguments):
+        installed.append(arguments)
+        versions["monai"] = "1.6.1"
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+    assert logic.installDependencies(askConfirmation=False)
+    assert installed == [[environment.monai_requirement("2.8.0", sys.version_info[:2], "2.1.0"), "--no-deps"]]
+
+
+def test_dependencies_that_cannot_fit_say_what_to_do(app, monkeypatch):
+    from VoxelMorphRegLib.errors import VoxelMorphRegError
+
+    slicer, logic = app["slicer"], app["widget"].logic
+    installed = []
+    monkeypatch.setattr(slicer.util, "pip_install", installed.append)
+    _packages(monkeypatch, {"torch": "2.0.1", "numpy": "1.26.4", "monai": "1.3.2"}, ["torch>=1.9"])
+    with pytest.raises(VoxelMorphRegError, match="PyTorch 2.0.1 is too old .*PyTorch Utils"):
+        logic.installDependencies(askConfirmation=False)
+    _packages(monkeypatch, {"torch": "2.3.1", "numpy": "2.0.1", "monai": None}, [])
+    with pytest.raises(VoxelMorphRegError, match="no MONAI release fits torch 2.3.1 with numpy 2.0.1: update PyTorch to 2.4.1 or later"):
+        logic.installDependencies(askConfirmation=False)
+    _packages(monkeypatch, {"torch": "2.8.0", "numpy": "2.1.0", "monai": None}, [])
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is not installed
+    with pytest.raises(VoxelMorphRegError, match="monai still missing after the installation; restart Slicer"):  # pip is asked for MONAI only
+        logic.installDependencies(askConfirmation=False)  # pip_install here records but installs nothing
+    assert installed and installed[-1][1] == "--no-deps"
+    _packages(monkeypatch, {"torch": None, "numpy": "2.1.0", "monai": None}, [])
+    with pytest.raises(VoxelMorphRegError, match="install the 'PyTorch' extension with the Extensions Manager"):
+        logic.installDependencies(askConfirmation=False)
+    # Register refuses to start with the reason, before writing anything.
+    _packages(monkeypatch, {"torch": "2.3.1", "numpy": "1.26.4", "monai": "1.5.2"}, ["torch>=2.4.1"])
+    with pytest.raises(VoxelMorphRegError, match="MONAI 1.5.2 needs torch >=2.4.1, but torch 2.3.1 is installed"):
+        logic.register(None, None, wait=False)

@@ -34,15 +34,13 @@ def _node_name(node) -> str:
 
 
 def matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+    """A copy of the matrix as a 4x4 float64 array (``slicer.util.arrayFromVTKMatrix``)."""
+    return np.asarray(slicer.util.arrayFromVTKMatrix(matrix), dtype=np.float64)
 
 
 def numpy_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
+    """A new ``vtkMatrix4x4`` holding a 4x4 array (``slicer.util.vtkMatrixFromArray``)."""
+    return slicer.util.vtkMatrixFromArray(np.asarray(array, dtype=np.float64))
 
 
 def parent_to_world_matrix(node) -> np.ndarray:
