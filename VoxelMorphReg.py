@@ -226,7 +226,8 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        self.setParameterNode(None)
+        # The node stays (a run that ends meanwhile still reads and writes it); only the GUI lets go.
+        self._disconnectParameterNode()
 
     def onSceneStartClose(self, caller, event) -> None:
         if self.registerPanel is not None:
@@ -241,8 +242,8 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onNodeAdded(self, caller, event, node) -> None:
         """A volume loaded into a scene where no fixed or moving volume is chosen yet becomes that one (fixed first)."""
         p = self._parameterNode
-        if p is None or node is None or not isScalarVolume(node):
-            return
+        if p is None or node is None or not isScalarVolume(node) or caller.IsImporting() or caller.IsClosing():
+            return  # a scene being loaded brings its own choices
         if not p.fixedVolume:
             p.fixedVolume = node
         elif not p.movingVolume and node is not p.fixedVolume:
@@ -265,12 +266,17 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if others:
                 p.movingVolume = others[0]
 
-    def setParameterNode(self, inputParameterNode: Optional[VoxelMorphRegParameterNode]) -> None:
-        if self._parameterNode:
-            if self._parameterNodeGuiTag is not None:
-                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-                self._parameterNodeGuiTag = None
+    def _disconnectParameterNode(self) -> None:
+        if not self._parameterNode:
+            return
+        if self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def setParameterNode(self, inputParameterNode: Optional[VoxelMorphRegParameterNode]) -> None:
+        self._disconnectParameterNode()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = connectParametersToWidgets(self._parameterNode, self.ui)

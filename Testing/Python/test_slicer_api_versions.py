@@ -43,6 +43,8 @@ SLICER_API = {
     "vtkMRMLScene.EndCloseEvent": "5.0.0",
     "vtkMRMLScene.NodeAddedEvent": "5.0.0",
     "vtkMRMLScene.GetFirstNodeByName": "5.0.0",
+    "vtkMRMLScene.IsImporting": "5.0.0",
+    "vtkMRMLScene.IsClosing": "5.0.0",
     "vtkMRMLNode.GetAttribute": "5.0.0",
     "vtkMRMLNode.SetAttribute": "5.0.0",
     "vtkMRMLNode.GetID": "5.0.0",

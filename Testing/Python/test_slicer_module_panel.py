@@ -345,3 +345,13 @@ def test_dependencies_that_cannot_fit_say_what_to_do(app, monkeypatch):
     _packages(monkeypatch, {"torch": "2.3.1", "numpy": "1.26.4", "monai": "1.5.2"}, ["torch>=2.4.1"])
     with pytest.raises(VoxelMorphRegError, match="MONAI 1.5.2 needs torch >=2.4.1, but torch 2.3.1 is installed"):
         logic.register(None, None, wait=False)
+
+
+def test_a_training_that_ends_while_the_module_is_not_shown_still_offers_its_model(app, tmp_path):
+    widget = app["widget"]
+    widget.exit()  # the user went to another module
+    (tmp_path / "best.pt").write_bytes(b"")
+    widget.addTrainedModel(tmp_path / "best.pt", select=True)
+    widget.enter()
+    assert widget._parameterNode.model == str(tmp_path / "best.pt") and str(tmp_path / "best.pt") in widget._parameterNode.userModels
+    assert widget.ui.modelComboBox.itemData(widget.ui.modelComboBox.currentIndex) == str(tmp_path / "best.pt")
