@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..contract import DISPLACEMENT, INVERSE_DISPLACEMENT, JACOBIAN, METRICS, WARPED, WARPED_LABELS  # the engine's output names
+from ..contract import DISPLACEMENT, INVERSE_DISPLACEMENT, JACOBIAN, METRICS, WARPED, WARPED_LABELS, output_name  # the engine's output names
 from ..errors import VoxelMorphRegError
 from .segmentations import LabelInfo, new_segmentation_from_labels
 from .tables import new_metrics_table, read_metrics
@@ -99,8 +99,14 @@ def default_names(plan: ImportPlan) -> dict:
     }
 
 
+def _output_path(folder: Path, file_name: str) -> Path:
+    """The engine's file ``file_name`` in ``folder``: uncompressed (``.nii``, the runner's hand-off) or ``.nii.gz``."""
+    plain = folder / output_name(file_name, compressed=False)
+    return plain if plain.exists() else folder / file_name
+
+
 def _read_on_grid(folder: Path, file_name: str, matrix: np.ndarray, size, what: str, pixel_type=None) -> sitk.Image:
-    path = folder / file_name
+    path = _output_path(folder, file_name)
     if not path.exists():
         raise VoxelMorphRegError(f"the engine did not write {file_name}")
     try:
@@ -116,7 +122,8 @@ def _read_on_grid(folder: Path, file_name: str, matrix: np.ndarray, size, what: 
 
 def _read_transform_on_grid(folder: Path, file_name: str, matrix: np.ndarray, size, what: str, name: str):
     """The displacement file ``file_name`` (on the ``what`` volume's grid) as a new grid transform node."""
-    field_image = read_displacement(folder / file_name) if (folder / file_name).exists() else None
+    path = _output_path(folder, file_name)
+    field_image = read_displacement(path) if path.exists() else None
     if field_image is None:
         raise VoxelMorphRegError(f"the engine did not write {file_name}")
     if not same_geometry(field_image, matrix, size):

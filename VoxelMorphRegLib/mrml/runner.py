@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -45,6 +46,13 @@ FRONT_END_FLAGS = ["--events", "-", "--stop-on-stdin"]  # events on stdout; stop
 def default_register_options() -> RegisterOptions:
     """The engine's settings as the module uses them by default: the contract's, without the QC figure."""
     return RegisterOptions(qc=False)
+
+
+def handoff_options(options: RegisterOptions, inverse_transform: bool, jacobian: bool) -> RegisterOptions:
+    """What the engine writes for the module to read back: uncompressed files (no gzip on either
+    side), only the outputs the module imports (the inverse field and the Jacobian when asked
+    for), no QC figure (the module does not show it)."""
+    return replace(options, compress=False, inverse=bool(inverse_transform), jacobian=bool(jacobian), qc=False)
 
 
 def build_command(prefix, job: RegisterJob) -> list[str]:
@@ -165,7 +173,7 @@ class RegistrationRunner(EngineJob):
         if self.moving_segmentation is not None:
             array, moving_infos = labels_to_array(self.moving_segmentation, moving)
             paths["moving_labels"] = folder / "moving_labels.nrrd"
-            sitk.WriteImage(labels_image(array, moving_matrix, "moving labels"), str(paths["moving_labels"]), True)
+            sitk.WriteImage(labels_image(array, moving_matrix, "moving labels"), str(paths["moving_labels"]), False)
             plan.label_infos = moving_infos
             plan.label_names = {info.value: info.name for info in moving_infos}
         if self.fixed_segmentation is not None:
@@ -176,7 +184,7 @@ class RegistrationRunner(EngineJob):
             for info in fixed_infos:
                 plan.label_names.setdefault(mapping[info.value], info.name)
             paths["fixed_labels"] = folder / "fixed_labels.nrrd"
-            sitk.WriteImage(labels_image(array, fixed_matrix, "fixed labels"), str(paths["fixed_labels"]), True)
+            sitk.WriteImage(labels_image(array, fixed_matrix, "fixed labels"), str(paths["fixed_labels"]), False)
         return paths, plan
 
     # -- process -------------------------------------------------------------------------------
@@ -193,7 +201,8 @@ class RegistrationRunner(EngineJob):
         self.temp_folder = folder
         try:
             paths, self._plan = self._write_inputs(folder)
-            job = RegisterJob(str(paths["fixed"]), str(paths["moving"]), str(paths["out"]), _optional(paths.get("moving_labels")), _optional(paths.get("fixed_labels")), self.options)
+            options = handoff_options(self.options, self.inverse_transform, self.jacobian)
+            job = RegisterJob(str(paths["fixed"]), str(paths["moving"]), str(paths["out"]), _optional(paths.get("moving_labels")), _optional(paths.get("fixed_labels")), options)
             self.command = build_command(self.engine_prefix, job)
             self._add_log("$ " + subprocess.list2cmdline(self.command))
             self.engine = self.process = EngineProcess(self.command, cwd=folder, env=environment.engine_environment()).start()
