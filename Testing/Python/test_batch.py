@@ -83,6 +83,12 @@ def test_a_broken_pair_fails_alone_and_the_summary_says_why(images, tmp_path, ca
     assert [summary(out)[n]["status"] for n in ("first", "second", "third")] == ["skipped", "failed", "skipped"]
     assert (out / "first" / "metrics.json").read_bytes() == before
     assert summary(out)["first"]["mean_dice_after"] == rows["first"]["mean_dice_after"]
+    # A complete-looking pair whose file was damaged since is registered again.
+    damaged = out / "third" / "warped.nii.gz"
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    assert main(["batch", "--pairs", str(pairs), "--out", str(out), *FAST, "--quiet"]) == 1
+    assert [summary(out)[n]["status"] for n in ("first", "second", "third")] == ["skipped", "failed", "ok"]
+    assert check_manifest(out / "third", "metrics.json") == []
     # Other settings: registered again.
     assert main(["batch", "--pairs", str(pairs), "--out", str(out), *FAST[:3], "3", *FAST[4:], "--quiet"]) == 1
     assert [summary(out)[n]["status"] for n in ("first", "second", "third")] == ["ok", "failed", "ok"]

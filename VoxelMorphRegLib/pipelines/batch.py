@@ -150,10 +150,10 @@ def read_pairs(csv_path) -> list[BatchPair]:
         name = row.get("name") or f"{_stem(moving)}_to_{_stem(fixed)}"
         if not _NAME.match(name) or name in (".", "..") or name == BATCH_SUMMARY:
             raise VoxelMorphRegError(f"--pairs {csv_path} line {number}: {name!r} cannot be a folder name (letters, digits and _ . + = -, not starting with . or -)")
-        if name in names:
+        if name.lower() in names:  # folder names: "A" and "a" are one folder on macOS and Windows
             hint = "" if row.get("name") else "; give the pairs a 'name' column"
-            raise VoxelMorphRegError(f"--pairs {csv_path} line {number}: pair name {name!r} repeats line {names[name]}{hint}")
-        names[name] = number
+            raise VoxelMorphRegError(f"--pairs {csv_path} line {number}: pair name {name!r} repeats line {names[name.lower()]}{hint}")
+        names[name.lower()] = number
         pairs.append(BatchPair(name, fixed, moving, path("moving_labels"), path("fixed_labels"), number))
     if not pairs:
         raise VoxelMorphRegError(f"--pairs {csv_path}: no pairs")
@@ -209,14 +209,17 @@ def expected_files(options: RegisterOptions, pair: BatchPair) -> set:
     return names
 
 
-def completed_metrics(folder: Path, pair: BatchPair, options: RegisterOptions, settings: dict) -> dict | None:
-    """The metrics of ``folder`` when it holds a complete set of this pair with these settings, else None."""
+def completed_metrics(folder: Path, pair: BatchPair, options: RegisterOptions, settings: dict, verify: bool = True) -> dict | None:
+    """The metrics of ``folder`` when it holds a complete set of this pair with these settings, else None.
+
+    ``verify=False`` skips the checksums of the files (the plan made before the first pair; each
+    pair's files are checked at its turn)."""
     import json
 
     from ..image.output_set import check_manifest
 
     metrics_path = folder / contract.METRICS
-    if not metrics_path.is_file() or check_manifest(folder, contract.METRICS):
+    if not metrics_path.is_file() or (verify and check_manifest(folder, contract.METRICS)):
         return None
     try:
         metrics = json.loads(metrics_path.read_text())
@@ -316,7 +319,11 @@ class _Reader:
     def take(self, i: int):
         """The PairImages of pair ``i`` (raises its read error)."""
         self.ensure(i)
-        return self._futures.pop(i).result()
+        future = self._futures.pop(i, None)
+        if future is None:  # not planned for reading (a pair found incomplete at its turn): read now
+            p = self._pairs[i]
+            return self._read(p.fixed, p.moving, p.moving_labels, p.fixed_labels)
+        return future.result()
 
     def peek(self, i: int):
         """Pair ``i``'s images if they read without error (waits for them), else None; keeps them for :meth:`take`."""
@@ -366,7 +373,7 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
     earlier = {}
     for i, p in enumerate(pairs):
         if not overwrite:
-            metrics = completed_metrics(out / p.name, p, options, settings)
+            metrics = completed_metrics(out / p.name, p, options, settings, verify=False)
             if metrics is not None:
                 earlier[i] = metrics
     wanted = [i not in earlier for i in range(total)]
@@ -379,6 +386,9 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
             outcome = outcomes[i]
             prefix = f"[{i + 1}/{total} {p.name}]"
             events(PairStarted(p.name, i + 1, total))
+            if i in earlier and completed_metrics(out / p.name, p, options, settings) is None:
+                del earlier[i]  # its files do not check out after all: registered again
+                wanted[i] = True
             if i in earlier:
                 outcome.status = "skipped"
                 _metrics_outcome(outcome, earlier[i])
