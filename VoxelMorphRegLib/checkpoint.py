@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import VoxelMorphRegError
-from .image.io import atomic_path
+from .image.io import write_bytes
 from .tensor.registration_network import INTEGRATION_STEPS, RegistrationNetwork
 from .tensor.unet import ENCODER_FEATURES, SVF_LEVEL, decoder_features_for
 
@@ -60,9 +60,7 @@ def save_checkpoint(path, model: torch.nn.Module, config: ModelConfig, extra: di
         payload.update(extra)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    with atomic_path(path) as temporary:
-        Path(temporary).write_bytes(buffer.getvalue())
-    return path
+    return write_bytes(buffer.getvalue(), path)  # atomic; a full disk is a one-line error and keeps the earlier file
 
 
 def load_checkpoint(path, device="cpu") -> tuple[RegistrationNetwork, ModelConfig, dict]:

@@ -234,3 +234,19 @@ def test_register_with_a_writer_that_fails_silently_keeps_the_earlier_run(tmp_pa
     assert code == 2 and len(err) == 1 and "could not be written completely (is truncated" in err[0], err
     assert snapshot(out) == before
     assert check_manifest(out, MANIFEST) == []
+
+
+def test_a_checkpoint_onto_a_full_disk_is_a_one_line_error_and_keeps_the_earlier_one(tmp_path):
+    from VoxelMorphRegLib.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+
+    disk = _small_disk(tmp_path)
+    try:
+        small = ModelConfig(encoder_features=[4, 8, 8], decoder_features=[8])
+        save_checkpoint(disk / "last.pt", small.build(), small, extra={"step": 1})
+        large = ModelConfig(encoder_features=[64, 128, 128], decoder_features=[128])  # about 4 MB of weights
+        with pytest.raises(VoxelMorphRegError, match="last.pt: cannot be written .*earlier file, if any, was kept"):
+            save_checkpoint(disk / "last.pt", large.build(), large, extra={"step": 2})
+        assert load_checkpoint(disk / "last.pt")[2]["step"] == 1
+        assert [p.name for p in disk.iterdir()] == ["last.pt"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

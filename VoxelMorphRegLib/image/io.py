@@ -237,9 +237,18 @@ def verify_image_file(path, image: sitk.Image) -> None:
 
 
 def write_bytes(data: bytes, path) -> Path:
+    """Write ``data`` atomically; a full disk or an unwritable file is a one-line error, the earlier file kept."""
     path = Path(path)
-    with atomic_path(path) as temporary:
-        Path(temporary).write_bytes(data)
+    try:
+        with atomic_path(path) as temporary:
+            with open(temporary, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            if os.path.getsize(temporary) != len(data):
+                raise OSError(f"{os.path.getsize(temporary)} of {len(data)} bytes written")
+    except OSError as exc:
+        raise VoxelMorphRegError(f"{path}: cannot be written ({exc.strerror or exc}); the earlier file, if any, was kept") from None
     return path
 
 
