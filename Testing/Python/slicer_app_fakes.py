@@ -171,6 +171,9 @@ class FakeComboBox(FakeWidget):
     def itemData(self, index):
         return self.items[index][1] if 0 <= index < len(self.items) else None
 
+    def findText(self, text):
+        return next((i for i, item in enumerate(self.items) if item[0] == text), -1)
+
     def findData(self, data):
         return next((i for i, item in enumerate(self.items) if item[1] == data), -1)
 
@@ -241,9 +244,13 @@ def ui_from_file(path=UI_FILE):
 # -- qt, the scripted-module base classes, the parameter node wrapper -----------------------------------------
 
 
+TIMERS: list = []  # every QTimer made; FakeApp.processEvents fires the active ones (the event loop's part)
+
+
 class QTimer:
     def __init__(self):
         self.interval, self.active, self._slots = 0, False, []
+        TIMERS.append(self)
 
     def setInterval(self, ms):
         self.interval = ms
@@ -476,6 +483,9 @@ class FakeApp:
 
     def processEvents(self):
         self.processed += 1
+        for timer in list(TIMERS):
+            if timer.active:
+                timer.fire()
 
     def testingEnabled(self):
         return True
@@ -500,6 +510,7 @@ def install(monkeypatch, temporary_path, version=(5, 6)):
 
     monkeypatch.setattr(sys.modules[__name__], "SLICER_VERSION", tuple(version))
     _VALUES.clear()
+    TIMERS.clear()
     scene = slicer.vtkMRMLScene()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer, "app", FakeApp(temporary_path), raising=False)

@@ -188,7 +188,8 @@ def check_training(widget, module):
 def run(options):
     version = f"{slicer.app.majorVersion}.{slicer.app.minorVersion}"
     check(f"Slicer {version} is a supported version (5.6 to 5.10)", (5, 6) <= (slicer.app.majorVersion, slicer.app.minorVersion) <= (5, 10), slicer.app.applicationVersion)
-    if not check("the VoxelMorphReg module is loaded", hasattr(slicer.modules, "voxelmorphreg"), "start Slicer with --additional-module-paths /path/to/SlicerVoxelMorphReg"):
+    loaded = hasattr(slicer.modules, "voxelmorphreg")
+    if not check("the VoxelMorphReg module is loaded", loaded, "" if loaded else "start Slicer with --additional-module-paths /path/to/SlicerVoxelMorphReg"):
         return
     slicer.util.selectModule("VoxelMorphReg")
     widget = slicer.modules.voxelmorphreg.widgetRepresentation().self()
