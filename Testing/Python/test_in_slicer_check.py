@@ -55,7 +55,30 @@ class _Layout:
         return types.SimpleNamespace(mrmlSliceCompositeNode=lambda: self.composites[name])
 
 
-@pytest.mark.parametrize("options", [["--no-train"], ["--no-train", "--quick"]], ids=["model-defaults", "quick"])
+class _PlotsLogic:
+    """slicer.modules.plots.logic(): ShowChartInLayout puts the chart in the layout's plot view."""
+
+    def __init__(self, view):
+        self.view = view
+
+    def ShowChartInLayout(self, chart):
+        self.view.SetPlotChartNodeID(chart.GetID())
+
+
+def _fake_training_engine(monkeypatch, tmp_path):
+    """The training runner starts the fake engine of test_mrml_training_runner (real parser, contract events, stdin stop)."""
+    from test_mrml_training_runner import FAKE_TRAIN_ENGINE
+
+    from VoxelMorphRegLib.mrml import training_runner
+
+    engine = tmp_path / "fake_train.py"
+    engine.write_text(FAKE_TRAIN_ENGINE)
+    monkeypatch.setenv("FAKE_TRAIN_MODE", "ok")
+    monkeypatch.setenv("FAKE_TRAIN_RECORD", str(tmp_path / "train_record.json"))
+    monkeypatch.setattr(training_runner, "default_engine_prefix", lambda python=None: [sys.executable, str(engine)])
+
+
+@pytest.mark.parametrize("options", [["--no-train"], ["--quick"]], ids=["model-defaults", "quick-with-training"])
 def test_the_in_slicer_check_runs_its_checks_and_reports(monkeypatch, tmp_path, capsys, options):
     module, slicer, _ = slicer_app_fakes.install(monkeypatch, tmp_path / "temp", version=(5, 6))
     (tmp_path / "temp").mkdir()
@@ -79,10 +102,14 @@ def test_the_in_slicer_check_runs_its_checks_and_reports(monkeypatch, tmp_path, 
 
     monkeypatch.setattr(environment, "DeviceProbe", Probe)
     _fake_engine(monkeypatch, tmp_path)
+    _fake_training_engine(monkeypatch, tmp_path)
     app = slicer.app
     app.majorVersion, app.minorVersion, app.applicationVersion = 5, 6, "5.6.2"
     layout = _Layout(slicer)
     app.layoutManager = lambda: layout
+    plot_view = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode")
+    layout.plotWidget = lambda index: types.SimpleNamespace(mrmlPlotViewNode=lambda: plot_view)
+    slicer.modules.plots = types.SimpleNamespace(logic=lambda: _PlotsLogic(plot_view))
     widget = module.VoxelMorphRegWidget()
     widget.setup()
     volumes_logic = slicer.vtkSlicerVolumesLogic()
