@@ -109,18 +109,20 @@ def test_a_csv_that_cannot_be_used_is_refused_in_one_line(images, tmp_path, caps
 
 def _run_until_first_done(images, tmp_path, sig):
     """Start a batch of three pairs in a real engine process; send ``sig`` once the first pair's
-    folder is complete (its manifest checks), while the second pair computes."""
+    folder is complete (its manifest checks) and the second pair has begun."""
     pairs = write_csv(images / "slow.csv", ["f.nii.gz,m.nii.gz,,,quick", "big.nii.gz,f.nii.gz,,,slow", "m.nii.gz,f.nii.gz,,,never"])
     out = tmp_path / "out"
     command = [sys.executable, "-m", "VoxelMorphRegLib.frontends.cli", "batch", "--pairs", str(pairs), "--out", str(out),
-               "--model", "none", "--refine", "40", "--no-affine", "--no-qc", "--device", "cpu", "--quiet"]
+               "--model", "none", "--refine", "40", "--no-affine", "--no-qc", "--device", "cpu", "--quiet", "--events", str(tmp_path / "events.jsonl")]
     # The second pair's fixed image is 4x larger per side: its refinement takes many times the first pair's.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if (out / "quick" / "metrics.json").is_file() and not check_manifest(out / "quick", "metrics.json") and summary(out)["quick"]["status"] == "ok":
+            started = (tmp_path / "events.jsonl").read_text() if (tmp_path / "events.jsonl").exists() else ""
+            if '"event":"pair_started","name":"slow"' in started:
+                assert check_manifest(out / "quick", "metrics.json") == [] and summary(out)["quick"]["status"] == "ok"
                 break
             time.sleep(0.02)
         assert process.poll() is None, "the batch ended before the signal: " + process.stderr.read()

@@ -383,7 +383,7 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
     current = None
     try:
         for i, p in enumerate(pairs):
-            outcome = outcomes[i]
+            outcome = current = outcomes[i]  # from here on, a stop marks this pair interrupted unless it has ended
             prefix = f"[{i + 1}/{total} {p.name}]"
             events(PairStarted(p.name, i + 1, total))
             if i in earlier and completed_metrics(out / p.name, p, options, settings) is None:
@@ -395,7 +395,6 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
                 log(f"{prefix} skipped: {out / p.name} already holds its complete results")
                 _finish_pair(out, outcomes, outcome, i, total, events)
                 continue
-            current = outcome
             pair_started = time.perf_counter()
             pair_log = (lambda text, prefix=prefix: log(f"{prefix} {text}"))
             try:
@@ -426,12 +425,11 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
                 outcome.status, outcome.error = "failed", _one_line(exc)
                 outcome.seconds = round(time.perf_counter() - pair_started, 3)
                 log(f"{prefix} failed: {outcome.error}")
-            current = None
             _finish_pair(out, outcomes, outcome, i, total, events)
             if should_stop():
                 raise CancelledError("batch stopped")
     except (KeyboardInterrupt, CancelledError):
-        if current is not None:
+        if current is not None and current.status == "pending":
             current.status = "interrupted"
             current.error = "interrupted"
         write_summary(out, outcomes)
