@@ -60,7 +60,7 @@ def test_a_loaded_model_gives_what_a_fresh_load_gives_for_every_pair(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", network, config)
     options = RegisterOptions(model=str(path), affine=False, qc=False)
     loaded = load_model(options)
-    assert loaded.refinement == {"iterations": 2, "smoothness": 1.0, "learning_rate": 0.1} and loaded.path == path
+    assert loaded.refinement == {"iterations": 2, "smoothness": 1.0, "learning_rate": 0.1, "coarse_fraction": 0.0, "coarse_iterations": 0, "fine_iterations": 2} and loaded.path == path
     quiet = lambda message: None  # noqa: E731
     for seed in (1, 2):
         fixed, moving = blob_volume(size=(20, 20, 16), spacing=(2.0, 2.0, 2.0)), blob_volume(size=(20, 20, 16), spacing=(2.0, 2.0, 2.0), seed=seed)

@@ -180,9 +180,9 @@ def test_network_refine_runs_the_models_own_refinement_unless_told_otherwise(blo
     save_checkpoint(model, config.build(), config)
     common = ["--data", str(folder), "--model", str(model), "--device", "cpu", "--methods", "network+refine", "--max-pairs", "1", "--no-affine"]
     run_evaluate(common + ["--out", str(tmp_path / "a")])
-    assert json.loads((tmp_path / "a" / "summary.json").read_text())["refinement"] == {"iterations": 2, "smoothness": 0.5, "learning_rate": 0.1}
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["refinement"] == {"iterations": 2, "smoothness": 0.5, "learning_rate": 0.1, "coarse_fraction": 0.0, "coarse_iterations": 0, "fine_iterations": 2}
     run_evaluate(common + ["--out", str(tmp_path / "b"), "--refine", "3", "--refine-smoothness", "2"])
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["refinement"] == {"iterations": 3, "smoothness": 2.0, "learning_rate": 0.1}
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["refinement"] == {"iterations": 3, "smoothness": 2.0, "learning_rate": 0.1, "coarse_fraction": 0.0, "coarse_iterations": 0, "fine_iterations": 3}
 
 
 def test_network_refine_hands_its_settings_to_the_registration(blob_set, tmp_path, monkeypatch):

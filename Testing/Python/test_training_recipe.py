@@ -119,7 +119,7 @@ def test_losses_follow_the_kind_of_pair_and_the_dice_term_changes_the_training(t
 def test_resuming_into_a_run_of_another_architecture_is_a_one_line_error(tmp_path):
     run(tmp_path, "run", steps=2, validate_every=100)
     other = ModelConfig(encoder_features=[8, 8, 8], decoder_features=[8], svf_level=1, spacing=[2.0, 2.0, 2.0])
-    with pytest.raises(training.VoxelMorphRegError, match="does not match this run's architecture"):
+    with pytest.raises(training.VoxelMorphRegError, match="cannot resume: it was trained with encoder_features"):
         training.train(training.TrainingOptions(out=str(tmp_path / "run"), steps=4, precision="fp32"), subjects(real=2), [], other, log=lambda m: None)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..errors import VoxelMorphRegError
@@ -45,7 +46,41 @@ def affine_register(fixed: sitk.Image, moving: sitk.Image, iterations: int = 100
     affine.SetCenter(rigid.GetCenter())
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
-    return _run(fixed, moving, affine, iterations, sampling, seed, shrink=(2, 1))
+    result = _run(fixed, moving, affine, iterations, sampling, seed, shrink=(2, 1))
+    # Mutual information on few voxels (a small field of view) can run off into a shrunken or
+    # sheared optimum: a stage is kept only if it scores better than what it started from, and
+    # the affine only with plausible scales (a pre-alignment of two heads, not a zoom).
+    scores = [(_metric(fixed, moving, t, sampling, seed), n, t) for n, t in enumerate((_as_affine(initial), affine, result))]
+    singular = np.linalg.svd(np.array(result.GetMatrix()).reshape(3, 3), compute_uv=False)
+    if not (MIN_SCALE <= singular.min() and singular.max() <= MAX_SCALE):
+        scores = scores[:2]
+    return min(scores, key=lambda entry: (entry[0], -entry[1]))[2]
+
+
+# Scales (singular values of the matrix) an affine pre-alignment may find; beyond them it is refused.
+MIN_SCALE, MAX_SCALE = 0.67, 1.5
+
+
+def _as_affine(transform) -> sitk.AffineTransform:
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(transform.GetCenter())
+    affine.SetMatrix(transform.GetMatrix())
+    affine.SetTranslation(transform.GetTranslation())
+    return affine
+
+
+def _metric(fixed, moving, transform, sampling, seed) -> float:
+    """Mattes mutual information (lower is better) of ``transform`` on the working copies, full resolution."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(sampling, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetInitialTransform(transform, inPlace=False)
+    try:
+        return float(method.MetricEvaluate(fixed, moving))
+    except RuntimeError:  # no overlap left
+        return float("inf")
 
 
 def _run(fixed, moving, transform, iterations, sampling, seed, shrink):

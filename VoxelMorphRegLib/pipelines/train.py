@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from monai.data import DataLoader
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from ..contract import BEST_CHECKPOINT, LAST_CHECKPOINT, TRAINING_LOG, TRAINING_LOG_COLUMNS, Resumed, Step, Validation, no_events
 from ..errors import VoxelMorphRegError
 from ..freesurfer_labels import BRAIN_LABELS
@@ -198,11 +198,8 @@ def train(options: TrainingOptions, train_subjects: list, val_subjects: list, co
     start_step, best = 0, -math.inf
     last_path, best_path = out / LAST_CHECKPOINT, out / BEST_CHECKPOINT
     if last_path.exists():
-        _, _, payload = load_checkpoint(last_path, device)
-        try:
-            network.load_state_dict(payload["state_dict"])
-        except RuntimeError:
-            raise VoxelMorphRegError(f"{last_path}: its network does not match this run's architecture; resume with the options it was started with, or use another --out") from None
+        payload = check_resumable(last_path, config, device)  # one line naming what differs from this run's architecture
+        network.load_state_dict(payload["state_dict"])
         if "optimiser" in payload:
             optimiser.load_state_dict(payload["optimiser"])
             scheduler.load_state_dict(payload["scheduler"])
