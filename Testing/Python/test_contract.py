@@ -151,3 +151,20 @@ def test_the_contract_and_model_resolution_import_without_torch():
     code = "import sys; import VoxelMorphRegLib.contract, VoxelMorphRegLib.model_resolution; print(sorted(m for m in ('torch', 'SimpleITK', 'qt') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="inherited descriptors are a POSIX channel")
+def test_events_on_an_inherited_file_descriptor(tmp_path):
+    import os
+
+    read_end, write_end = os.pipe()
+    job = RegisterJob(str(tmp_path / "missing.nii.gz"), str(tmp_path / "missing.nii.gz"), str(tmp_path / "out"), options=RegisterOptions(model="none"))
+    process = subprocess.Popen([sys.executable, "-m", "VoxelMorphRegLib.frontends.cli"] + command_line(job, events=f"fd:{write_end}", quiet=True),
+                               cwd=ROOT, pass_fds=(write_end,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    with os.fdopen(read_end) as channel:
+        events = [parse_event(line) for line in channel]
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and out == ""
+    assert [e.kind for e in events] == ["started", "stage", "error"]
+    assert err.strip() == f"voxelmorphreg: error: {events[-1].message}"
