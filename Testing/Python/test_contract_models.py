@@ -17,13 +17,25 @@ from VoxelMorphRegLib.tensor.unet import VelocityUNet
 
 
 def test_bundled_prefers_the_newest_model_present(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+    monkeypatch.setattr(model_resolution, "model_search_path", lambda: [first, second])
+    (first / "voxelmorphreg_v1.pt").write_bytes(b"x")
+    assert model_resolution.bundled_model_path() == first / "voxelmorphreg_v1.pt"
+    (second / "voxelmorphreg_v2.pt").write_bytes(b"x")  # a newer model wins over the search order
+    assert model_resolution.bundled_model_path() == second / "voxelmorphreg_v2.pt"
+    assert model_resolution.bundled_models() == [second / "voxelmorphreg_v2.pt", first / "voxelmorphreg_v1.pt"]
+    (first / "voxelmorphreg_v2.pt").write_bytes(b"x")  # the same file in two places: the first place wins
+    assert model_resolution.resolve_model_path("bundled") == model_resolution.resolve_model_path(None) == first / "voxelmorphreg_v2.pt"
+
+
+def test_the_shipped_model_is_found_through_the_environment_folder_first(tmp_path, monkeypatch):
     monkeypatch.setenv(model_resolution.MODEL_DIR_VARIABLE, str(tmp_path))
-    v1 = ROOT / "Resources" / "Models" / "voxelmorphreg_v1.pt"
-    assert model_resolution.bundled_model_path() == v1  # today: only v1 is shipped
-    (tmp_path / "voxelmorphreg_v2.pt").write_bytes(b"x")
-    assert model_resolution.bundled_model_path() == tmp_path / "voxelmorphreg_v2.pt"
-    assert model_resolution.bundled_models() == [tmp_path / "voxelmorphreg_v2.pt", v1]
-    assert model_resolution.resolve_model_path("bundled") == model_resolution.resolve_model_path(None) == tmp_path / "voxelmorphreg_v2.pt"
+    assert model_resolution.model_search_path()[:2] == [tmp_path, ROOT / "Resources" / "Models"]
+    assert model_resolution.bundled_model_path().parent == ROOT / "Resources" / "Models"  # nothing in the folder: the checkout's
+    (tmp_path / model_resolution.BUNDLED_MODEL_FILES[0]).write_bytes(b"x")
+    assert model_resolution.bundled_model_path() == tmp_path / model_resolution.BUNDLED_MODEL_FILES[0]
 
 
 def test_none_and_paths(tmp_path):
