@@ -126,3 +126,34 @@ def test_resuming_into_a_run_of_another_architecture_is_a_one_line_error(tmp_pat
 def test_bf16_precision_trains_on_the_cpu(tmp_path):
     rows = run(tmp_path, "bf16", steps=3, validate_every=100, precision="bf16")
     assert len(rows) == 3 and all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_a_step_with_non_finite_bf16_gradients_is_redone_in_float32(tmp_path, monkeypatch):
+    """oneDNN's bf16 convolutions sometimes return NaN gradients on tiny grids: such a step is redone in
+    float32 (and counted) instead of ending the run."""
+    from VoxelMorphRegLib.checkpoint import load_checkpoint
+    from VoxelMorphRegLib.tensor.unet import VelocityUNet
+
+    class NanGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("nan")
+
+    real = VelocityUNet.forward
+
+    def forward(self, moving, fixed):
+        out = real(self, moving, fixed)
+        return NanGradient.apply(out) if torch.is_autocast_enabled("cpu") else out
+
+    monkeypatch.setattr(VelocityUNet, "forward", forward)
+    messages = []
+    options = training.TrainingOptions(out=str(tmp_path / "run"), steps=3, validate_every=100, precision="bf16", augment_displacement_mm=1.0)
+    training.train(options, subjects(real=2), [], tiny_config(), log=messages.append)
+    assert sum("redone in float32" in m for m in messages) == 1  # said once, not every step
+    _, config, payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["step"] == 3 and config.training["bf16_steps_redone_in_fp32"] == 3
+    assert all(bool(torch.isfinite(v).all()) for v in payload["state_dict"].values())

@@ -255,6 +255,7 @@ def train(options: TrainingOptions, train_subjects: list, val_subjects: list, co
     provenance["processes"] = ranks.world
     provenance["precision"] = "bf16" if bf16 else "fp32"
     step = start_step
+    bf16_retries = 0
     save = ranks.main
     try:
         for step in range(start_step + 1, options.steps + 1):
@@ -267,29 +268,43 @@ def train(options: TrainingOptions, train_subjects: list, val_subjects: list, co
             moving, fixed = batch["moving"].to(device), batch["fixed"].to(device)
             moving_labels = None if batch["moving_labels"] is None else batch["moving_labels"].to(device)
             fixed_labels = None if batch["fixed_labels"] is None else batch["fixed_labels"].to(device)
-            if device.type == "cpu":
+            channels_last = device.type == "cpu" and min(moving.shape[2:]) >= 2 * network.divisor
+            if channels_last:
                 moving, fixed = moving.contiguous(memory_format=torch.channels_last_3d), fixed.contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                velocity = velocity_net(moving, fixed)
-            velocity = velocity.float().contiguous()  # fields and sampling grids stay float32
-            coarse_flow = integrate_velocity(velocity, network.integration_steps)
-            smooth = smoothness(velocity)
-            loss = options.smoothness_weight * smooth
-            sim = torch.zeros((), device=device)
-            if kind == "real" and options.similarity_weight > 0:  # both images real: their similarity means something
-                flow = resize_flow(coarse_flow, moving.shape[2:])
-                sim = similarity(warp(moving, flow), fixed)
-                loss = loss + options.similarity_weight * sim
-            dice_value = torch.zeros((), device=device)
-            if options.dice_weight > 0 and moving_labels is not None and fixed_labels is not None:
-                values = _shared_labels(moving_labels, fixed_labels, dice_labels)
-                if values.numel():
-                    dice_value = label_dice_on_grid(moving_labels, fixed_labels, coarse_flow, values, dice_loss)
-                    loss = loss + options.dice_weight * dice_value
-            if not torch.isfinite(loss):
-                raise VoxelMorphRegError(f"training diverged at step {step} (loss is {loss.item()}); lower --learning-rate")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+
+            def losses(autocast: bool):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                    velocity = velocity_net(moving, fixed)
+                velocity = velocity.float().contiguous()  # fields and sampling grids stay float32
+                coarse_flow = integrate_velocity(velocity, network.integration_steps)
+                smooth = smoothness(velocity)
+                loss = options.smoothness_weight * smooth
+                sim = torch.zeros((), device=device)
+                if kind == "real" and options.similarity_weight > 0:  # both images real: their similarity means something
+                    flow = resize_flow(coarse_flow, moving.shape[2:])
+                    sim = similarity(warp(moving, flow), fixed)
+                    loss = loss + options.similarity_weight * sim
+                dice_value = torch.zeros((), device=device)
+                if options.dice_weight > 0 and moving_labels is not None and fixed_labels is not None:
+                    values = _shared_labels(moving_labels, fixed_labels, dice_labels)
+                    if values.numel():
+                        dice_value = label_dice_on_grid(moving_labels, fixed_labels, coarse_flow, values, dice_loss)
+                        loss = loss + options.dice_weight * dice_value
+                if not torch.isfinite(loss):
+                    raise VoxelMorphRegError(f"training diverged at step {step} (loss is {loss.item()}); lower --learning-rate")
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                return loss, sim, smooth, dice_value
+
+            loss, sim, smooth, dice_value = losses(bf16)
+            if bf16 and not ranks.enabled and not all(bool(torch.isfinite(p.grad).all()) for p in network.parameters() if p.grad is not None):
+                # oneDNN's bf16 convolutions have been seen to return NaN gradients now and then on tiny
+                # grids; such a step is done again in float32 rather than ending the run.
+                bf16_retries += 1
+                if bf16_retries == 1:
+                    log(f"warning: non-finite bf16 gradients at step {step}; the step was redone in float32 (counted in the checkpoint's provenance)")
+                loss, sim, smooth, dice_value = losses(False)
+                provenance["bf16_steps_redone_in_fp32"] = int(provenance.get("bf16_steps_redone_in_fp32", 0)) + 1
             optimiser.step()
             scheduler.step()
             if not ranks.main:
