@@ -90,11 +90,35 @@ def _add_train(sub):
 
 
 def _run_register(args, log, events):
-    from ..pipelines.register import register_files
+    import threading
 
+    from ..image.io import ensure_output_folder
+    from ..image.pair_files import read_pair
+
+    engine = {}
+
+    def import_engine():
+        try:
+            from ..pipelines import register
+
+            engine["module"] = register
+        except BaseException as exc:  # re-raised in the main thread
+            engine["error"] = exc
+
+    # torch and MONAI take seconds to import: the images are read (torch-free, ITK releases the GIL) meanwhile.
+    importer = threading.Thread(target=import_engine, name="engine import", daemon=True)
+    importer.start()
     options = options_from_args(RegisterOptions, args)
     should_stop = _stop_on_stdin() if getattr(args, "stop_on_stdin", False) else (lambda: False)
-    result = register_files(args.fixed, args.moving, args.out, options, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels, log=log, events=events, should_stop=should_stop)
+    log("[  0%] reading the images")
+    events(Stage("read", 0, "reading the images"))
+    ensure_output_folder(args.out)
+    images = read_pair(args.fixed, args.moving, args.moving_labels, args.fixed_labels)
+    importer.join()
+    if "error" in engine:
+        raise engine["error"]
+    result = engine["module"].register_files(args.fixed, args.moving, args.out, options, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels, log=log, events=events,
+                                             should_stop=should_stop, images=images)  # seconds.total: reading + the rest, not the import
     log(f"done in {result.metrics['seconds']['total']:.1f} s; results in {args.out}")
 
 

@@ -5,7 +5,7 @@
 * The pairs come from a CSV (:func:`read_pairs`): columns ``fixed``, ``moving`` and optionally
   ``moving_labels``, ``fixed_labels``, ``name``; relative paths are relative to the CSV's folder.
 * The model is loaded once (:func:`~.loaded_model.load_model`) and reused for every pair.
-* A reader thread reads and checks the next pairs' files (:func:`~.register.read_pair`) while
+* A reader thread reads and checks the next pairs' files (:func:`~..image.pair_files.read_pair`) while
   the current pair computes; at most :data:`READ_AHEAD` pairs are held in memory beyond the
   current one.
 * With a network and ``batch_size > 1`` (default on CUDA: :data:`CUDA_BATCH_SIZE`), consecutive
@@ -301,7 +301,7 @@ class _Reader:
     """Reads pairs in order on one background thread, a few ahead of the one being registered."""
 
     def __init__(self, pairs, wanted):
-        from .register import read_pair
+        from ..image.pair_files import read_pair
 
         self._read = read_pair
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-reader")

@@ -21,8 +21,9 @@ from ..contract import Done, Message, Progress, RegisterOptions, Stage, no_event
 from ..errors import CancelledError
 from ..image.affine import affine_register
 from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, physical_to_flow, vector_image
-from ..image.io import ensure_output_folder, read_labels, read_volume, write_nifti_displacement
+from ..image.io import ensure_output_folder, write_nifti_displacement
 from ..image.output_set import OutputSet, add_to_committed_set
+from ..image.pair_files import PairImages, read_pair  # noqa: F401 (read_pair re-exported)
 from ..image.model_grid import resample_to
 from ..image.preprocessing import grid_for, image_on_grid
 from ..model_resolution import bundled_model_path, model_search_path  # noqa: F401 (re-exported)
@@ -279,40 +280,24 @@ def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
     return report
 
 
-@dataclass
-class PairImages:
-    """The images of one pair, read and checked (:func:`read_pair`), and where they came from."""
-
-    fixed: sitk.Image
-    moving: sitk.Image
-    moving_labels: sitk.Image | None
-    fixed_labels: sitk.Image | None
-    inputs: dict  # fixed, moving, moving_labels, fixed_labels: the paths as given (None where absent)
-    seconds: float  # reading time
-
-
-def read_pair(fixed_path, moving_path, moving_labels=None, fixed_labels=None) -> PairImages:
-    """Read and check a pair's files (one-line errors naming the file); no torch involved, so that
-    batch registration reads the next pair in a thread while the current one computes."""
-    started = time.perf_counter()
-    fixed = read_volume(fixed_path, name=f"fixed image {fixed_path}")
-    moving = read_volume(moving_path, name=f"moving image {moving_path}")
-    moving_label_image = read_labels(moving_labels, reference=moving, name=f"moving labels {moving_labels}") if moving_labels else None
-    fixed_label_image = read_labels(fixed_labels, reference=fixed, name=f"fixed labels {fixed_labels}") if fixed_labels else None
-    inputs = {"fixed": str(fixed_path), "moving": str(moving_path), "moving_labels": moving_labels and str(moving_labels), "fixed_labels": fixed_labels and str(fixed_labels)}
-    return PairImages(fixed, moving, moving_label_image, fixed_label_image, inputs, time.perf_counter() - started)
-
-
-def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None) -> RegistrationResult:
+def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None,
+                   images: PairImages | None = None, started: float | None = None) -> RegistrationResult:
     """Read, register and write every output into ``out_dir`` (see README: Outputs).
 
-    Emits the run's events on ``events``: Stage (read ... write), Progress (refinement), Done."""
+    ``images``: the pair already read (:func:`~..image.pair_files.read_pair`; the command line
+    reads it while this module is imported), with ``started`` the ``time.perf_counter()`` when its
+    reading began. Emits the run's events on ``events``: Stage (read ... write), Progress
+    (refinement), Done."""
     options = options or RegisterOptions()
-    started = time.perf_counter()
-    log("[  0%] reading the images")
-    events(Stage("read", 0, "reading the images"))
-    out = ensure_output_folder(out_dir)
-    images = read_pair(fixed_path, moving_path, moving_labels, fixed_labels)
+    if images is None:
+        started = time.perf_counter()
+        log("[  0%] reading the images")
+        events(Stage("read", 0, "reading the images"))
+        out = ensure_output_folder(out_dir)
+        images = read_pair(fixed_path, moving_path, moving_labels, fixed_labels)
+    else:
+        out = ensure_output_folder(out_dir)
+        started = time.perf_counter() - images.seconds if started is None else started
     result = register_images(images.fixed, images.moving, options, images.moving_labels, images.fixed_labels, log, should_stop, events, model)
     written = write_outputs(out, images, result, options, started, log, events)
     log("[100%] done")
