@@ -319,7 +319,8 @@ def train(options: TrainingOptions, train_subjects: list, val_subjects: list, co
                 if board:
                     for name, value in scores.items():
                         board.add_scalar(f"validation/dice_{name}", value, step)
-                if scores["all"] > best:
+                improved = scores["all"] > best
+                if improved:
                     best = scores["all"]
                     provenance.update({"best_step": step, "best_validation_dice": round(best, 4), "best_validation": {k: round(v, 4) for k, v in scores.items()}})
                     config.training = _provenance(provenance, step, options, started)
@@ -332,7 +333,7 @@ def train(options: TrainingOptions, train_subjects: list, val_subjects: list, co
                 board.add_scalar("loss/smoothness", smooth.item(), step)
                 board.add_scalar("loss/dice", dice_value.item(), step)
             if scores:
-                events(Validation(step, scores["all"], best, improved=best == scores["all"], variants={k: v for k, v in scores.items() if k != "all"}))
+                events(Validation(step, scores["all"], best, improved=improved, variants={k: v for k, v in scores.items() if k != "all"}))
             if step % 10 == 0 or scores or step == options.steps:
                 log_file.flush()
                 eta = rate * (options.steps - step)
