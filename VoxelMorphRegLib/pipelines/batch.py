@@ -352,6 +352,8 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
     from .register import prepare_pair, register_images, write_outputs
 
     options = options or RegisterOptions()
+    if batch_size is not None and batch_size < 1:
+        raise VoxelMorphRegError(f"--batch-size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     out = ensure_output_folder(out)
     total = len(pairs)
@@ -366,8 +368,6 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
     settings = settings_of(options, model)
     if batch_size is None:
         batch_size = CUDA_BATCH_SIZE if model.device.type == "cuda" else 1
-    if batch_size < 1:
-        raise VoxelMorphRegError(f"--batch-size must be >= 1, got {batch_size}")
     batching = batch_size > 1 and model.has_network
 
     earlier = {}
