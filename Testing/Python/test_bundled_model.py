@@ -24,10 +24,12 @@ def test_the_refinement_defaults_are_the_ones_the_card_and_readme_quote():
     _, config, _ = load_checkpoint(bundled_model_path())
     card = CARD.read_text()
     quoted = {name: float(value) for name, value in re.findall(r"`default_refine_(\w+) = ([\d.]+)`", card)}
-    assert quoted == {"iterations": config.default_refine_iterations, "smoothness": config.default_refine_smoothness, "learning_rate": config.default_refine_learning_rate}
-    from VoxelMorphRegLib.pipelines.register import DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS
+    assert quoted == {"iterations": config.default_refine_iterations, "smoothness": config.default_refine_smoothness, "learning_rate": config.default_refine_learning_rate,
+                      "coarse_fraction": config.default_refine_coarse_fraction}
+    from VoxelMorphRegLib.pipelines import loaded_model
 
-    assert (DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS) == (config.default_refine_iterations, config.default_refine_smoothness)  # --model none: the same settings
+    none = (loaded_model.DEFAULT_NONE_REFINEMENT, loaded_model.DEFAULT_NONE_SMOOTHNESS, loaded_model.DEFAULT_NONE_LEARNING_RATE, loaded_model.DEFAULT_NONE_COARSE_FRACTION)
+    assert none == (config.default_refine_iterations, config.default_refine_smoothness, config.default_refine_learning_rate, config.default_refine_coarse_fraction)  # --model none: the same settings
     readme = (ROOT / "README.md").read_text()
     assert f"refine each pair by default ({config.default_refine_iterations} iterations, smoothness weight {config.default_refine_smoothness:g}" in readme
 

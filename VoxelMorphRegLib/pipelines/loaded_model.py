@@ -24,8 +24,10 @@ from ..tensor.devices import select_device
 from ..tensor.registration_network import RegistrationNetwork
 
 # Per-pair optimisation without a model (``--model none``): the bundled model's refinement settings.
-DEFAULT_NONE_REFINEMENT = 200
+DEFAULT_NONE_REFINEMENT = 120
 DEFAULT_NONE_SMOOTHNESS = 0.3
+DEFAULT_NONE_LEARNING_RATE = 0.2
+DEFAULT_NONE_COARSE_FRACTION = 0.6667  # 80 of the 120 iterations on the velocity's grid
 MAX_INTEGRATION_STEPS = 20
 
 
@@ -79,7 +81,8 @@ def load_model(options: RegisterOptions | str | None = None) -> LoadedModel:
     path = resolve_model_path(options.model)
     if path is None:
         network = None
-        config = ModelConfig(default_refine_iterations=DEFAULT_NONE_REFINEMENT, default_refine_smoothness=DEFAULT_NONE_SMOOTHNESS)
+        config = ModelConfig(default_refine_iterations=DEFAULT_NONE_REFINEMENT, default_refine_smoothness=DEFAULT_NONE_SMOOTHNESS,
+                             default_refine_learning_rate=DEFAULT_NONE_LEARNING_RATE, default_refine_coarse_fraction=DEFAULT_NONE_COARSE_FRACTION)
         description = "none (optimisation only)"
     else:
         network, config, _ = load_checkpoint(path)
