@@ -61,7 +61,9 @@ class LabelDice(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.dice = DiceLoss(include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        # squared_pred: 2 sum(pq) / (sum p^2 + sum q^2) is 1 only where p = q, also for soft (resampled)
+        # one-hot maps; with the plain denominator a soft map scores below 1 against itself.
+        self.dice = DiceLoss(include_background=True, squared_pred=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
     def forward(self, warped_one_hot: torch.Tensor, fixed_one_hot: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=warped_one_hot.device.type, enabled=False):
