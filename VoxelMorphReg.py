@@ -371,7 +371,19 @@ def isScalarVolume(node) -> bool:
     return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
 
 
-class VoxelMorphRegRegisterPanel:
+class _EnginePanel:
+    """What both panels share: the module's parameter node and whether their engine runs."""
+
+    @property
+    def parameterNode(self):
+        return self.widget._parameterNode
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None and self.runner.running
+
+
+class VoxelMorphRegRegisterPanel(_EnginePanel):
     """The Register panel: inputs, settings, outputs, Register/Cancel, progress, fade."""
 
     def __init__(self, widget) -> None:
@@ -396,14 +408,6 @@ class VoxelMorphRegRegisterPanel:
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(200)
         self._pollTimer.connect("timeout()", self.onPollTimer)
-
-    @property
-    def parameterNode(self):
-        return self.widget._parameterNode
-
-    @property
-    def running(self) -> bool:
-        return self.runner is not None and self.runner.running
 
     def cleanup(self) -> None:
         self.cancel()
@@ -617,7 +621,7 @@ class VoxelMorphRegRegisterPanel:
             self.widget.updateGUIFromParameterNode()
 
 
-class VoxelMorphRegTrainPanel:
+class VoxelMorphRegTrainPanel(_EnginePanel):
     """The Train panel: data from the scene or a folder, settings, Start/Stop, progress, the live plot."""
 
     def __init__(self, widget) -> None:
@@ -637,14 +641,6 @@ class VoxelMorphRegTrainPanel:
         self._trainTimer = qt.QTimer()
         self._trainTimer.setInterval(500)
         self._trainTimer.connect("timeout()", self.onTrainTimer)
-
-    @property
-    def parameterNode(self):
-        return self.widget._parameterNode
-
-    @property
-    def running(self) -> bool:
-        return self.runner is not None and self.runner.running
 
     def cleanup(self) -> None:
         if self.running:
