@@ -155,3 +155,39 @@ def test_the_subject_cache_notices_a_replaced_file_and_another_network_depth(dat
     deeper = ModelConfig(encoder_features=[8, 16, 16, 16, 16], decoder_features=[16, 16, 16], svf_level=1, spacing=[2.0, 2.0, 2.0])
     third = training.prepare_all(sources, atlas, deeper, tmp_path / "cache", False, align=False, log=lambda m: None)[0]
     assert all(n % 16 == 0 for n in third.image.shape)
+
+
+def test_cli_train_aligns_subjects_to_the_atlas_and_strips_the_skull(dataset, tmp_path):
+    """The command line's defaults: every subject affinely aligned to --atlas; --skull-strip-labels
+    removes extra-cerebral labels (here a 'skull' 515 and extra-cerebral CSF 24) before training."""
+    import shutil
+
+    import torch
+
+    folder = tmp_path / "data"
+    shutil.copytree(dataset, folder)
+    atlas = sitk.ReadImage(str(folder / "a_norm.nii.gz"))
+    moved = shifted(atlas, (4.0, -3.0, 2.0))  # 5.4 mm off the atlas
+    labels = sitk.GetArrayFromImage(blob_labels(moved)).astype(np.int16)
+    labels[(labels == 1)] = 515  # the outer band: a "skull"
+    labels[(labels == 2)] = 24
+    labels[(labels == 0)] = 0
+    head = sitk.GetImageFromArray(labels)
+    head.CopyInformation(moved)
+    sitk.WriteImage(moved, str(folder / "d_norm.nii.gz"))
+    sitk.WriteImage(head, str(folder / "d_seg.nii.gz"))
+    sources = [training.SubjectSource("d", str(folder / "d_norm.nii.gz"), str(folder / "d_seg.nii.gz"))]
+    config = tiny_config()
+    aligned = training.prepare_all(sources, folder / "a_norm.nii.gz", config, tmp_path / "cache", True, align=True, log=lambda m: None)[0]
+    unaligned = training.prepare_all(sources, folder / "a_norm.nii.gz", config, tmp_path / "cache", True, align=False, log=lambda m: None)[0]
+    reference = training.prepare_all([training.SubjectSource("a", str(folder / "a_norm.nii.gz"), None)], folder / "a_norm.nii.gz", config, tmp_path / "cache", True, align=False, log=lambda m: None)[0]
+    error = lambda s: float(np.abs(s.image - reference.image).mean())  # noqa: E731
+    assert error(aligned) < 0.5 * error(unaligned)  # the affine brought it onto the atlas
+    assert set(np.unique(aligned.labels)) == {0, 3}  # skull and extra-cerebral CSF stripped
+    code = main([
+        "train", "--data", str(folder / "train.csv"), "--atlas", str(folder / "a_norm.nii.gz"), "--out", str(tmp_path / "run"),
+        "--steps", "2", "--skull-strip-labels", "--quiet", "--cache", str(tmp_path / "cache2"),
+    ])
+    assert code == 0
+    payload = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert payload["step"] == 2 and payload["config"]["training"]["options"]["skull_strip_labels"] is True
