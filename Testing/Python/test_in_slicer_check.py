@@ -102,6 +102,7 @@ def test_the_in_slicer_check_runs_its_checks_and_reports(monkeypatch, tmp_path, 
 
     monkeypatch.setattr(environment, "DeviceProbe", Probe)
     _fake_engine(monkeypatch, tmp_path)
+    monkeypatch.setenv("FAKE_ENGINE_DELAY", "1.5")  # the Cancel check must find the run still going, however fast the machine
     _fake_training_engine(monkeypatch, tmp_path)
     app = slicer.app
     app.majorVersion, app.minorVersion, app.applicationVersion = 5, 6, "5.6.2"

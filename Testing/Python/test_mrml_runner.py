@@ -71,6 +71,7 @@ FAKE_ENGINE = textwrap.dedent(
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     say("deformable registration", 40, "network")
+    time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY", "0")))  # a run long enough to be cancelled for sure
     size = fixed.GetSize()
     field = sitk.GetImageFromArray(np.full(size[::-1] + (3,), 0.5), isVector=True)
     field.CopyInformation(fixed)
