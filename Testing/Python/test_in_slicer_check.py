@@ -17,7 +17,7 @@ require_slicer_core()
 sitk = pytest.importorskip("SimpleITK")
 
 import slicer_app_fakes  # noqa: E402
-from test_slicer_module_panel import _fake_engine  # noqa: E402
+from test_slicer_module_panel import _fake_engine, _instant_device_probe  # noqa: E402
 
 SCRIPT = ROOT / "Testing" / "Slicer" / "run_in_slicer.py"
 
@@ -87,20 +87,7 @@ def test_the_in_slicer_check_runs_its_checks_and_reports(monkeypatch, tmp_path, 
     monkeypatch.setattr(environment, "missing_packages", lambda names=environment.REQUIRED_PACKAGES: [])
     monkeypatch.setattr(environment, "dependency_problems", lambda: [])
 
-    class Probe:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def start(self):
-            return self
-
-        def poll(self):
-            return environment.DeviceInfo(torch="2.8.0", monai="1.5.2")
-
-        def cancel(self):
-            pass
-
-    monkeypatch.setattr(environment, "DeviceProbe", Probe)
+    _instant_device_probe(monkeypatch, environment)
     _fake_engine(monkeypatch, tmp_path)
     monkeypatch.setenv("FAKE_ENGINE_DELAY", "1.5")  # the Cancel check must find the run still going, however fast the machine
     _fake_training_engine(monkeypatch, tmp_path)

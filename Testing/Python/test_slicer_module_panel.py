@@ -40,7 +40,17 @@ def app(request, monkeypatch, tmp_path):
     monkeypatch.setattr(environment, "missing_packages", lambda names=environment.REQUIRED_PACKAGES: [])
     monkeypatch.setattr(environment, "dependency_problems", lambda: [])
 
-    class Probe:  # the device check's process, answered at once
+    _instant_device_probe(monkeypatch, environment)
+    widget = module.VoxelMorphRegWidget()
+    widget.setup()
+    yield {"module": module, "slicer": slicer, "widget": widget, "messages": messages}
+    widget.cleanup()
+
+
+def _instant_device_probe(monkeypatch, environment):
+    """The device check's process, answered at once (torch 2.8.0, MONAI 1.5.2)."""
+
+    class Probe:
         def __init__(self, *args, **kwargs):
             pass
 
@@ -54,10 +64,6 @@ def app(request, monkeypatch, tmp_path):
             pass
 
     monkeypatch.setattr(environment, "DeviceProbe", Probe)
-    widget = module.VoxelMorphRegWidget()
-    widget.setup()
-    yield {"module": module, "slicer": slicer, "widget": widget, "messages": messages}
-    widget.cleanup()
 
 
 def _fake_engine(monkeypatch, tmp_path, mode="ok"):
