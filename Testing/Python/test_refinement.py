@@ -89,3 +89,43 @@ def test_a_coarse_share_outside_0_to_1_is_a_one_line_error(tmp_path, capsys):
                  "--refine-coarse-fraction", "1.5", "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 2
     assert "--refine-coarse-fraction must be between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
+def test_the_refinement_adam_takes_torch_adams_steps():
+    torch.manual_seed(3)
+    target = torch.randn(2, 3, 4, 5)
+    ours = torch.zeros(2, 3, 4, 5, requires_grad=True)
+    theirs = torch.zeros(2, 3, 4, 5, requires_grad=True)
+    from VoxelMorphRegLib.tensor.refinement import Adam
+
+    mine, reference = Adam(ours, lr=0.05), torch.optim.Adam([theirs], lr=0.05)
+    for _ in range(25):
+        for parameter, optimiser in ((ours, mine), (theirs, reference)):
+            optimiser.zero_grad()
+            ((parameter - target) ** 4).sum().backward()
+            optimiser.step()
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert (ours - target).abs().mean() < (target.abs().mean() * 0.9)  # it moved towards the target
+
+
+def test_a_refined_register_imports_neither_monai_nor_dynamo():
+    """``import monai`` (about 3.5 s) and ``torch._dynamo`` (1.6 s, pulled in by torch.optim) stay
+    off the register path: the network, the refinement and the command line need neither."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from VoxelMorphRegLib.frontends import cli\n"
+        "from VoxelMorphRegLib.pipelines import register\n"
+        "from VoxelMorphRegLib.tensor.registration_network import RegistrationNetwork\n"
+        "from VoxelMorphRegLib.tensor.refinement import refine_velocity\n"
+        "net = RegistrationNetwork()\n"
+        "m, f = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)\n"
+        "v = net.unet(m, f)\n"
+        "refine_velocity(m, f, v, lambda v: net.flow_from_velocity(v, (32, 32, 32)), 2, coarse_iterations=2)\n"
+        "print(sorted(name for name in ('monai', 'torch._dynamo') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

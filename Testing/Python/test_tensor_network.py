@@ -50,3 +50,18 @@ def test_smoothness_and_dice_losses():
     labels = torch.randint(0, 3, (1, 1, 8, 8, 8))
     values = torch.tensor([1, 2])
     assert LabelDice()(one_hot(labels, values), one_hot(labels, values)) < 1e-4
+
+
+def test_the_unet_blocks_load_and_match_monais_convolution_block():
+    """Checkpoints written with MONAI's Convolution blocks (v1) load unchanged, and compute the same."""
+    convolution = pytest.importorskip("monai.networks.blocks").Convolution
+    from VoxelMorphRegLib.tensor.unet import _conv
+
+    torch.manual_seed(1)
+    for stride in (1, 2):
+        reference = convolution(spatial_dims=3, in_channels=4, out_channels=6, strides=stride, kernel_size=3, act=("LEAKYRELU", {"negative_slope": 0.2}), norm=None)
+        ours = _conv(4, 6, stride)
+        assert list(ours.state_dict()) == list(reference.state_dict())
+        ours.load_state_dict(reference.state_dict())
+        x = torch.randn(1, 4, 8, 10, 12)
+        assert torch.allclose(ours(x), reference(x), atol=1e-6)

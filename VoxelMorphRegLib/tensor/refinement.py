@@ -25,6 +25,33 @@ def on_grid(image: torch.Tensor, shape) -> torch.Tensor:
     return F.interpolate(smoothed, size=shape, mode="trilinear", align_corners=True)
 
 
+class Adam:
+    """Adam (Kingma and Ba; ``torch.optim.Adam``'s defaults and update) on one tensor.
+
+    Here rather than ``torch.optim.Adam`` because constructing that imports ``torch._dynamo``,
+    1.6 s of every refined ``register`` on 2 cores; Testing/Python/test_refinement.py checks
+    that both take the same steps."""
+
+    def __init__(self, parameter: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.parameter, self.lr, self.betas, self.eps = parameter, lr, betas, eps
+        self.mean = torch.zeros_like(parameter)
+        self.square = torch.zeros_like(parameter)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self):
+        gradient = self.parameter.grad
+        beta1, beta2 = self.betas
+        self.steps += 1
+        self.mean.mul_(beta1).add_(gradient, alpha=1 - beta1)
+        self.square.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        denominator = (self.square.sqrt() / (1 - beta2**self.steps) ** 0.5).add_(self.eps)
+        self.parameter.addcdiv_(self.mean, denominator, value=-self.lr / (1 - beta1**self.steps))
+
+    def zero_grad(self):
+        self.parameter.grad = None
+
+
 def refine_velocity(
     moving: torch.Tensor,
     fixed: torch.Tensor,
@@ -53,7 +80,7 @@ def refine_velocity(
     than ``tolerance`` over the last 10 steps. ``progress(i, n, loss)`` counts both levels.
     """
     velocity = velocity.detach().clone().float().requires_grad_(True)
-    optimiser = torch.optim.Adam([velocity], lr=learning_rate)
+    optimiser = Adam(velocity, lr=learning_rate)
     smooth = Smoothness("gradient").to(moving.device)
     moving, fixed = moving.float(), fixed.float()
     total = coarse_iterations + iterations
@@ -70,7 +97,7 @@ def refine_velocity(
         for _ in range(count):
             if should_stop():
                 return velocity.detach()
-            optimiser.zero_grad(set_to_none=True)
+            optimiser.zero_grad()
             loss = sim(warp(level_moving, to_flow(velocity)), level_fixed) + smoothness_weight * smooth(velocity)
             loss.backward()
             optimiser.step()
