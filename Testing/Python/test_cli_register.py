@@ -52,7 +52,9 @@ def test_every_output_is_written_on_the_right_grid(pair, registered):
         assert same_grid(sitk.ReadImage(str(registered / name)), fixed), name
     assert same_grid(sitk.ReadImage(str(registered / "inverse_displacement.nii.gz")), moving)
     field = sitk.ReadImage(str(registered / "displacement.nii.gz"))
-    assert field.GetNumberOfComponentsPerPixel() == 3 and field.GetPixelID() == sitk.sitkVectorFloat64
+    assert field.GetNumberOfComponentsPerPixel() == 3 and field.GetPixelID() == sitk.sitkVectorFloat32
+    vectors = sitk.GetArrayViewFromImage(field).astype(np.float64) * 1024  # rounded to 1/1024 mm: float32 lost nothing
+    assert np.abs(vectors).max() > 1 and np.array_equal(vectors, np.round(vectors))
     assert (registered / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(registered.glob("*.tmp*")), "temporary files left behind"
 
@@ -66,7 +68,7 @@ def test_displacement_points_from_fixed_to_moving_in_lps_mm(pair, registered):
 
 def test_itk_resampling_through_the_field_gives_the_warped_image(pair, registered):
     fixed, moving = sitk.ReadImage(pair["fixed"], sitk.sitkFloat32), sitk.ReadImage(pair["moving"], sitk.sitkFloat32)
-    field = sitk.ReadImage(str(registered / "displacement.nii.gz"))
+    field = sitk.ReadImage(str(registered / "displacement.nii.gz"), sitk.sitkVectorFloat64)
     again = sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, 0.0)
     warped = sitk.ReadImage(str(registered / "warped.nii.gz"))
     assert np.allclose(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(warped), atol=1e-5)

@@ -255,7 +255,7 @@ def write_bytes(data: bytes, path) -> Path:
 NIFTI_INTENT_DISPVECT = 1006  # NIfTI-1 intent code of a displacement vector field
 
 
-def write_nifti_displacement(field: sitk.Image, path, compression_level: int = 6) -> Path:
+def write_nifti_displacement(field: sitk.Image, path, compression_level: int = 6, float32: bool = False) -> Path:
     """Write a displacement field (3 components, mm, LPS as ITK holds it) as NIfTI with intent 1006.
 
     A NIfTI displacement field (intent 1006, "displacement vector") holds its vectors in RAS: ITK
@@ -264,6 +264,8 @@ def write_nifti_displacement(field: sitk.Image, path, compression_level: int = 6
     SimpleITK cannot write that intent itself (ITK's RAS conversion refuses its variable-length
     vectors), so the RAS vectors are written with ITK's default vector intent and the header's
     intent code is set afterwards, before compressing. Not atomic: write to a temporary name.
+    ``float32``: store the vectors as float32 (half the bytes, about half the gzip time); exact for
+    a field already rounded to a power-of-two fraction of a mm, as register's outputs are.
     """
     import gzip
     import shutil
@@ -272,7 +274,8 @@ def write_nifti_displacement(field: sitk.Image, path, compression_level: int = 6
     path = Path(path)
     if field.GetDimension() != 3 or field.GetNumberOfComponentsPerPixel() != 3:
         raise ValueError("a displacement field has 3 dimensions and 3 components per voxel")
-    vectors = sitk.GetArrayFromImage(field)
+    view = sitk.GetArrayViewFromImage(field)
+    vectors = view.astype(np.float32 if float32 else view.dtype)  # a copy
     vectors[..., :2] *= -1  # LPS -> RAS
     ras = sitk.GetImageFromArray(vectors, isVector=True)
     ras.CopyInformation(field)

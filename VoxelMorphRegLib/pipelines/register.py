@@ -33,8 +33,10 @@ from .label_metrics import dice_per_label
 from .memory_guard import check_memory
 from .loaded_model import DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS, LoadedModel, load_model, refinement_settings  # noqa: F401 (re-exported)
 
-# Fields are written as float64 (what sitk.DisplacementFieldTransform takes) rounded to 1/1024 mm:
-# an error below 0.0005 mm that lets gzip shrink the files about fourfold.
+# Fields are rounded to 1/1024 mm (an error below 0.0005 mm) and written as float32, which holds
+# every such value below 8192 mm exactly: half the bytes of float64 and half the gzip time
+# (a 160x192x224 field: 1.6 s instead of 3.4 s at level 1, quiet 2-core CPU); reading one back as
+# sitk.sitkVectorFloat64 (what sitk.DisplacementFieldTransform takes) gives the same numbers.
 FIELD_QUANTUM_MM = 1.0 / 1024
 # gzip level of the .nii.gz outputs. Measured on a 160x192x224 displacement field (busy 2-core CPU):
 # level 1 2.8 s / 38 MB, level 6 (the usual default) 6.7 s / 31 MB; uncompressed 1.0 s / 165 MB.
@@ -42,7 +44,7 @@ COMPRESSION_LEVEL = 1
 
 
 def _write_field(field: sitk.Image, path) -> None:
-    write_nifti_displacement(field, path, compression_level=COMPRESSION_LEVEL)
+    write_nifti_displacement(field, path, compression_level=COMPRESSION_LEVEL, float32=True)
 
 
 def _write_image(image: sitk.Image, path) -> None:
