@@ -1,9 +1,14 @@
 """Benchmark VoxelMorphReg against ANTs SyN on one real brain MRI pair: speed, peak memory, Dice.
 
+Besides the network and the whole ``register`` on that pair, the same run times ``voxelmorphreg
+batch`` on every ordered pair of the subjects (against one ``register`` process per pair) and the
+Slicer path (``bench/slicer_path.py``: scene nodes -> engine -> result nodes, where slicer-core's
+MRML is importable).
+
 Run from the repository root (see bench/README.md for what every number means)::
 
     python bench/benchmark.py --model path/to/model.pt          # the benchmark
-    python bench/benchmark.py --smoke                           # a ~30 s check of the script itself
+    python bench/benchmark.py --smoke                           # a minute or two: a check of the script itself
 
 Every measured configuration runs in a fresh child process (this same file, ``_worker SPEC``),
 so its peak resident memory is that process's own ``ru_maxrss`` (from ``os.wait4``), and one
@@ -35,7 +40,20 @@ if str(ROOT) not in sys.path:
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "aseg"
 RESULTS = ROOT / "bench" / "results"
 STAGES = ["read", "model", "affine", "model_grid", "network", "refine", "integration", "field", "warp", "metrics", "write", "qc", "total"]
-TARGETS = {"network_cpu_s": 3.0, "network_cuda_s": 0.020, "peak_rss_cpu_bytes": 4e9}
+TARGETS = {
+    "network_cpu_s": 3.0,
+    "network_cuda_s": 0.020,
+    "peak_rss_cpu_bytes": 4e9,
+    "batch_pairs": 6,  # the batch target is for this many pairs (the 6 ordered pairs of subj01..03)
+    "batch_cpu_s": 25.0,
+    "slicer_overhead_s": 2.0,
+    "register_cpu_s": 5.0,
+    "register_default_cpu_s": 15.0,
+    "register_default_speedup": 4.0,
+    "register_peak_rss_cpu_bytes": 2.5e9,
+    "affine_cpu_s": 1.5,
+    "write_cpu_s": 1.0,
+}
 SMOKE_CROP_MM = 96  # smoke pair: central 96 mm cube of each volume, at 2 mm (48^3 voxels)
 SMOKE_PAIRS = 2  # ordered pairs registered by --smoke (the full --all-pairs does every one)
 SMOKE_BANNER = "SMOKE RUN: tiny cropped 2 mm pair and few repeats; these numbers are NOT the benchmark"
@@ -135,7 +153,8 @@ def worker_probe(spec) -> dict:
     try:
         path = resolve_model_path(spec["model"])
         _, config, payload = load_checkpoint(path)
-        info["model"] = {"path": str(path), "trained": True, "grid_spacing_mm": config.spacing, "svf_level": config.svf_level, "training_steps": config.training.get("steps")}
+        info["model"] = {"path": str(path), "trained": True, "grid_spacing_mm": config.spacing, "svf_level": config.svf_level, "training_steps": config.training.get("steps"),
+                         "default_refine_iterations": config.default_refine_iterations}
     except VoxelMorphRegError as exc:
         info["model_error"] = str(exc)
         if spec.get("untrained_fallback"):
@@ -143,7 +162,8 @@ def worker_probe(spec) -> dict:
             config = ModelConfig(training={"note": "untrained weights, for the benchmark smoke run only"})
             torch.manual_seed(0)
             save_checkpoint(path, config.build(), config)
-            info["model"] = {"path": str(path), "trained": False, "grid_spacing_mm": config.spacing, "svf_level": config.svf_level}
+            info["model"] = {"path": str(path), "trained": False, "grid_spacing_mm": config.spacing, "svf_level": config.svf_level,
+                             "default_refine_iterations": config.default_refine_iterations}
     return info
 
 
@@ -244,6 +264,7 @@ def worker_register(spec) -> dict:
         "device_name": metrics["device_name"],
         "threads": threads,
         "refine": metrics["refine_iterations"],
+        "refine_default": spec["refine"] is None,  # register ran without --refine: the model's own default
         "seconds": metrics["seconds"],
         "model_grid": metrics["model_grid"]["size"],
         "folding_fraction": metrics.get("folding_fraction"),
@@ -317,7 +338,60 @@ def worker_ants(spec) -> dict:
     }
 
 
-WORKERS = {"probe": worker_probe, "network": worker_network, "register": worker_register, "pairs": worker_pairs, "ants": worker_ants}
+def _optional_number(text: str):
+    return float(text) if text not in (None, "") else None
+
+
+def worker_batch(spec) -> dict:
+    """One ``voxelmorphreg batch --pairs CSV --out DIR`` through the command line's own ``main``, then its summary.csv."""
+    import csv
+
+    from VoxelMorphRegLib.contract import BATCH_SUMMARY, RegisterJob, command_line
+    from VoxelMorphRegLib.frontends.cli import main
+
+    threads = _set_threads(spec)
+    # register's own flags for these settings (command_line is the one place that spells them), after
+    # its positional part ["register", FIXED, MOVING, "--out", OUT]: every pair gets what `register` got
+    flags = command_line(RegisterJob("FIXED", "MOVING", "OUT", options=_register_options(spec)))[5:]
+    started = time.perf_counter()
+    code = main(["batch", "--pairs", spec["pairs_csv"], "--out", spec["out"], *flags])
+    main_s = time.perf_counter() - started
+    summary = Path(spec["out"]) / BATCH_SUMMARY
+    if code not in (0, 1) or not summary.exists():  # 1: some pairs failed, the summary says which
+        raise SystemExit(f"batch exited with code {code}")
+    with open(summary, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    pairs = [{
+        "name": row["name"],
+        "status": row["status"],
+        "seconds": _optional_number(row["seconds"]),
+        "dice_before": _optional_number(row["mean_dice_before"]),
+        "dice_after": _optional_number(row["mean_dice_after"]),
+        "folding_fraction": _optional_number(row["folding_fraction"]),
+        "error": row["error"],
+    } for row in rows]
+    return {"device": spec["device"], "threads": threads, "refine": spec["refine"], "exit_code": code, "main_s": round(main_s, 3), "pairs": pairs}
+
+
+def worker_slicer(spec) -> dict:
+    """``bench/slicer_path.py`` in this process (the module's runner on slicer-core's MRML scene); its JSON."""
+    bench = str(ROOT / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import slicer_path
+
+    out = Path(spec["work"]) / "slicer-path.json"
+    argv = ["--data", spec["data"], "--fixed", spec["fixed_subject"], "--moving", spec["moving_subject"], "--model", spec["model"], "--device", spec["device"],
+            "--refine", "0", "--labels", "--repeats", str(spec["repeats"]), "--warmup", str(spec["warmup"]), "--json", str(out)]
+    if not spec["affine"]:
+        argv.append("--no-affine")
+    code = slicer_path.main(argv)
+    if code != 0 or not out.exists():
+        raise SystemExit(f"slicer_path exited with code {code}")
+    return json.loads(out.read_text())
+
+
+WORKERS = {"probe": worker_probe, "network": worker_network, "register": worker_register, "pairs": worker_pairs, "ants": worker_ants, "batch": worker_batch, "slicer": worker_slicer}
 
 
 def worker_main(spec_path: str) -> int:
@@ -415,6 +489,7 @@ def summarise_register(runs: list[dict]) -> dict:
         "device": good[0]["device"],
         "device_name": good[0]["device_name"],
         "refine": good[0]["refine"],
+        "refine_default": good[0].get("refine_default", False),
         "repeats": len(good),
         "median_seconds": {stage: median([r["seconds"].get(stage) for r in good]) for stage in STAGES if any(stage in r["seconds"] for r in good)},
         "median_process_s": median([r["process_s"] for r in good]),
@@ -446,6 +521,60 @@ def summarise_ants(runs: list[dict]) -> dict:
         "dice30_per_label": good[0]["dice30"]["per_label"],
         "errors": [r["error"] for r in runs if "error" in r],
         "runs": runs,
+    }
+
+
+def summarise_batch(runs: list[dict], register: dict) -> dict:
+    """The batch runs, against one process per pair: the pairs times the median whole-register (refine 0) process time."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return {"error": runs[0]["error"] if runs else "no runs", "runs": runs}
+    count = len(good[0]["pairs"])
+    process = median([r["process_s"] for r in good])
+    each = register.get("median_process_s")
+    peer = count * each if each else None
+    per_pair = [{**pair, "seconds": median([r["pairs"][i]["seconds"] for r in good if i < len(r["pairs"])])} for i, pair in enumerate(good[0]["pairs"])]
+    return {
+        "device": good[0]["device"],
+        "refine": good[0]["refine"],
+        "pairs": count,
+        "repeats": len(good),
+        "median_process_s": process,
+        "median_main_s": median([r["main_s"] for r in good]),
+        "pairs_per_s": count / process if process else None,
+        "peak_rss_bytes": max((r["peak_rss_bytes"] or 0 for r in good), default=None) or None,
+        "failed_pairs": max(sum(1 for p in r["pairs"] if p["status"] != "ok") for r in good),
+        "register_median_process_s": each,
+        "one_process_per_pair_s": peer,
+        "speedup": peer / process if peer and process else None,
+        "per_pair": per_pair,
+        "errors": [r["error"] for r in runs if "error" in r],
+        "runs": runs,
+    }
+
+
+def summarise_slicer(result: dict, device: str) -> dict:
+    """The medians of bench/slicer_path.py's hand-off runs (``skipped``/``error`` passed on)."""
+    if "error" in result or "skipped" in result:
+        return result
+    m = result["median"]["handoff"]
+    runs = result["runs"]["handoff"]
+    return {
+        "device": device,
+        "repeats": len(runs),
+        "warmup": result["args"]["warmup"],
+        "total_s": m.get("total"),
+        "engine_s": m.get("engine_seconds_total"),  # the engine's own seconds.total (metrics.json)
+        "overhead_s": m.get("overhead"),  # total - engine_s: export, engine start and exit, import
+        "parts": {part: m.get(part) for part in ("export", "engine_start", "engine", "engine_exit", "import")},
+        # inside the engine process after its first stage line but outside its seconds.total (its imports, mostly)
+        "engine_untimed_s": m["engine"] - m["engine_seconds_total"] if m.get("engine") is not None and m.get("engine_seconds_total") is not None else None,
+        "load_average_1min": result.get("load_average_1min"),
+        "quiet": result.get("quiet"),
+        "process_s": result.get("process_s"),
+        "peak_rss_bytes": result.get("peak_rss_bytes"),
+        "engine_command": runs[0]["command"] if runs else None,
+        "runs": [{k: v for k, v in run.items() if k != "command"} for run in runs],
     }
 
 
@@ -481,8 +610,61 @@ def evaluate(report: dict) -> list[dict]:
         if reg and key == "register_refine":
             text = text.replace("refinement", f"refine {reg['refine']}")
         rows.append({"target": text, "value": shown, "ok": None if value is None or ants_dice is None else value > ants_dice})
+    rows += _speed_targets(report)
     for row in rows:
         row["verdict"] = _verdict(row["ok"], smoke)
+    return rows
+
+
+def _at_most(target: str, value, limit, shown=None) -> dict:
+    return {"target": target, "value": shown if shown is not None else fmt_s(value), "ok": None if value is None else value <= limit}
+
+
+def _speed_targets(report: dict) -> list[dict]:
+    """Batch, Slicer path, whole register, memory and stage targets (the CPU figures; ``ok`` None: not measured)."""
+    cpu = report["devices"].get("cpu", {})
+    ants = report.get("ants", {})
+    register, default, batch = cpu.get("register", {}), cpu.get("register_refine", {}), cpu.get("batch", {})
+    rows = []
+
+    seconds, count = batch.get("median_process_s"), batch.get("pairs")
+    shown = fmt_s(seconds) if count in (None, TARGETS["batch_pairs"]) else f"{fmt_s(seconds)} ({count} pairs, not {TARGETS['batch_pairs']})"
+    row = _at_most(f"batch of {TARGETS['batch_pairs']} pairs, refine 0, CPU <= 25 s", seconds, TARGETS["batch_cpu_s"], shown)
+    if count != TARGETS["batch_pairs"]:
+        row["ok"] = None
+    rows.append(row)
+
+    slicer = report.get("slicer_path") or {}
+    overhead = slicer.get("overhead_s")
+    if overhead is not None:
+        shown = fmt_s(overhead) + (" (load not quiet)" if slicer.get("quiet") is False else "")
+    else:
+        shown = "skipped" if "skipped" in slicer else ("error" if "error" in slicer else None)
+    rows.append(_at_most("Slicer path overhead over the engine <= 2 s", overhead, TARGETS["slicer_overhead_s"], shown))
+
+    total = register.get("median_seconds", {}).get("total")
+    rows.append(_at_most("whole register, refine 0, CPU <= 5 s", total, TARGETS["register_cpu_s"]))
+
+    total = default.get("median_seconds", {}).get("total")
+    model_default = ((report.get("environment") or {}).get("model") or {}).get("default_refine_iterations")
+    is_default = bool(default.get("refine_default")) or (model_default is not None and default.get("refine") == model_default)
+    # not the model's default (--refine N): shown, but not judged
+    how = "" if not default or "refine" not in default else (f" (refine {default['refine']})" if is_default else f" (refine {default['refine']}, not the model's default: not judged)")
+    row = _at_most("whole register, model's default refinement, CPU <= 15 s", total, TARGETS["register_default_cpu_s"], None if total is None else fmt_s(total) + how)
+    ants_total = ants.get("median_total_s") if "error" not in ants and "skipped" not in ants else None
+    speedup = ants_total / total if ants_total and total else None
+    faster = {"target": "whole register, model's default refinement, CPU: ANTs SyN / this >= 4x",
+              "value": "-" if speedup is None else f"{speedup:.1f}x ({fmt_s(ants_total)} / {fmt_s(total)}){how}",
+              "ok": None if speedup is None else speedup >= TARGETS["register_default_speedup"]}
+    if not is_default:
+        row["ok"] = faster["ok"] = None
+    rows += [row, faster]
+
+    peaks = [r.get("peak_rss_bytes") for r in (register, default) if r.get("peak_rss_bytes")]
+    peak = max(peaks) if peaks else None
+    rows.append(_at_most("peak RSS of a whole register, CPU (refine 0 and default) <= 2.5 GB", peak, TARGETS["register_peak_rss_cpu_bytes"], fmt_bytes(peak)))
+    for stage, key, text in (("affine", "affine_cpu_s", "affine stage, CPU (refine 0) <= 1.5 s"), ("write", "write_cpu_s", "write stage, CPU (refine 0) <= 1 s")):
+        rows.append(_at_most(text, register.get("median_seconds", {}).get(stage), TARGETS[key]))
     return rows
 
 
@@ -490,6 +672,52 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
     line = lambda cells: "  " + "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def render_batch(report: dict) -> list[str]:
+    """The batch section: totals per device, then each pair's row of summary.csv."""
+    settings = report["settings"]
+    rows, notes, pair_tables = [], [], []
+    for device, d in report["devices"].items():
+        batch = d.get("batch")
+        if not batch:
+            continue
+        if "error" in batch or "skipped" in batch:
+            notes.append(f"  {device}: {batch.get('error') or batch.get('skipped')}")
+            continue
+        ratio = f"{batch['speedup']:.2f}x" if batch["speedup"] else "-"
+        rows.append([device, batch["pairs"], batch["repeats"], fmt_s(batch["median_process_s"]), fmt_s(batch["median_main_s"]), f"{batch['pairs_per_s']:.3f}", fmt_bytes(batch["peak_rss_bytes"]),
+                     fmt_s(batch["one_process_per_pair_s"]), ratio, batch["failed_pairs"]])
+        pair_rows = [[p["name"], p["status"], fmt_s(p["seconds"]), fmt_dice(p["dice_before"]), fmt_dice(p["dice_after"]), "-" if p["folding_fraction"] is None else f"{p['folding_fraction']:.2e}", p["error"][:80]]
+                     for p in batch["per_pair"]]
+        pair_tables += ["", f"Batch pairs ({device}; summary.csv of the first run, seconds: median over the runs; Dice: mean over the labels in both maps)",
+                        table(pair_rows, ["pair", "status", "seconds", "Dice before", "Dice after", "folding", "error"])]
+    if not rows and not notes:
+        return []
+    out = ["", f"Batch: voxelmorphreg batch (CLI main, one fresh process per run) on every ordered pair, refine 0; median of {settings['batch_repeats']} after {settings['batch_warmup']} warm-up; "
+               "one process per pair = pairs x the whole-register refine-0 process median above"]
+    if rows:
+        out.append(table(rows, ["device", "pairs", "runs", "process", "batch main", "pairs/s", "peak RSS", "one process per pair", "per pair / batch", "failed"]))
+    return out + notes + pair_tables
+
+
+def render_slicer(report: dict) -> list[str]:
+    slicer = report.get("slicer_path")
+    if not slicer:
+        return []
+    if "error" in slicer or "skipped" in slicer:
+        return ["", f"Slicer path: {'skipped: ' + slicer['skipped'] if 'skipped' in slicer else slicer['error']}"]
+    parts = slicer["parts"]
+    out = ["", f"Slicer path (bench/slicer_path.py: the module's runner on slicer-core's vtkMRMLScene, nodes -> engine process -> result nodes; register refine 0 with labels, "
+               f"{slicer['device']}; median of {slicer['repeats']} after {slicer['warmup']} warm-up)"]
+    out.append(table([[fmt_s(slicer["total_s"]), fmt_s(slicer["engine_s"]), fmt_s(slicer["overhead_s"]), fmt_s(parts["export"]), fmt_s(parts["engine_start"]), fmt_s(slicer["engine_untimed_s"]),
+                       fmt_s(parts["engine_exit"]), fmt_s(parts["import"]), fmt_bytes(slicer["peak_rss_bytes"])]],
+                     ["total", "engine", "overhead", "export", "engine start", "engine untimed", "engine exit", "import", "peak RSS"]))
+    out.append("  engine: its own seconds.total; overhead = total - engine = export + engine start + engine untimed (its imports, outside seconds.total) + engine exit + import")
+    if not slicer.get("quiet"):
+        load = slicer.get("load_average_1min")
+        out.append(f"  NOT QUIET: load average {'-' if load is None else f'{load:.2f}'} during the Slicer path (bench/slicer_path.py wants < 1.5)")
+    return out
 
 
 def render(report: dict) -> str:
@@ -520,7 +748,7 @@ def render(report: dict) -> str:
                 reg_rows.append([device, "?", reg["error"][:100], "", "", "", "", "", "", ""])
                 continue
             s = reg["median_seconds"]
-            reg_rows.append([device, reg["refine"], reg["repeats"], fmt_s(s.get("total")), fmt_s(reg["median_process_s"]), fmt_bytes(reg["peak_rss_bytes"]), fmt_bytes(reg["cuda_peak_bytes"]), fmt_dice(reg["dice30"]), fmt_dice(reg["dice30_spread"]), f"{reg['folding_fraction']:.2e}" if reg["folding_fraction"] is not None else "-"])
+            reg_rows.append([device, f"{reg['refine']} (model default)" if reg.get("refine_default") else reg["refine"], reg["repeats"], fmt_s(s.get("total")), fmt_s(reg["median_process_s"]), fmt_bytes(reg["peak_rss_bytes"]), fmt_bytes(reg["cuda_peak_bytes"]), fmt_dice(reg["dice30"]), fmt_dice(reg["dice30_spread"]), f"{reg['folding_fraction']:.2e}" if reg["folding_fraction"] is not None else "-"])
             stage_rows.append([f"{device} refine {reg['refine']}"] + [fmt_s(s.get(stage)) if stage in s else "-" for stage in STAGES])
     if net_rows or net_notes:
         out += ["", f"Network inference: unet(moving, fixed) + scaling-and-squaring on the model grid; median of {settings['network_repeats']} after {settings['network_warmup']} warm-up"]
@@ -532,6 +760,8 @@ def render(report: dict) -> str:
         out.append(table(reg_rows, ["device", "refine", "runs", "total", "process", "peak RSS", "GPU peak", "Dice30", "spread", "folding"]))
         out += ["", "Seconds per stage (median)"]
         out.append(table(stage_rows, ["config"] + STAGES))
+    out += render_batch(report)
+    out += render_slicer(report)
 
     ants = report.get("ants", {})
     out.append("")
@@ -584,29 +814,84 @@ def parse_args(argv):
     p.add_argument("--network-warmup", type=int, default=2, help="untimed forward passes first")
     p.add_argument("--register-repeats", type=int, default=3, help="timed whole registers, each a fresh process (median)")
     p.add_argument("--register-warmup", type=int, default=1, help="untimed whole registers first (file cache, lazy init)")
-    p.add_argument("--refine", type=int, default=200, help="refinement iterations of the second register configuration (default 200, the bundled model's default; 0: skip it)")
+    p.add_argument("--refine", type=int, default=None, help="refinement iterations of the second register configuration (default: register without --refine, i.e. the model's own default; 0: skip it)")
     p.add_argument("--refine-repeats", type=int, default=1, help="timed runs of the refinement configuration")
     p.add_argument("--no-affine", action="store_true", help="pass --no-affine to register (ANTs keeps its own affine stage)")
     p.add_argument("--ants-repeats", type=int, default=1, help="ANTs SyN runs (0: skip ANTs)")
     p.add_argument("--ants-transform", default="SyN", help="type_of_transform for ants.registration (default SyN)")
     p.add_argument("--ants-interpolator", default="genericLabel", choices=["genericLabel", "nearestNeighbor"], help="how the moving labels go through the ANTs transforms")
     p.add_argument("--ants-seed", type=int, default=1, help="ANTS_RANDOM_SEED for the ANTs child (its affine stage samples at random)")
+    p.add_argument("--batch-repeats", type=int, default=3, help="timed `voxelmorphreg batch` runs on every ordered pair, each a fresh process (median; 0: skip the batch)")
+    p.add_argument("--batch-warmup", type=int, default=1, help="untimed batch runs first (as --register-warmup)")
+    p.add_argument("--no-slicer-path", action="store_true", help="skip the Slicer path (bench/slicer_path.py, --register-repeats/--register-warmup runs)")
     p.add_argument("--all-pairs", action="store_true", help="also register every ordered pair of the subjects in --data (network only, Dice)")
     p.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/<host>-<date>.json)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder and register outputs")
-    p.add_argument("--smoke", action="store_true", help="check the script in ~30 s on a tiny cropped 2 mm pair; NOT the benchmark")
+    p.add_argument("--smoke", action="store_true", help="check the script (a minute or two) on a tiny cropped 2 mm pair; NOT the benchmark")
     args = p.parse_args(argv)
     if args.smoke:
         args.network_repeats, args.network_warmup = 2, 1
         args.register_repeats, args.register_warmup = 1, 0
-        args.refine, args.refine_repeats = min(args.refine, 2), 1
+        args.refine, args.refine_repeats = (2 if args.refine is None else min(args.refine, 2)), 1
+        args.batch_repeats, args.batch_warmup = min(args.batch_repeats, 1), 0
         args.ants_repeats = min(args.ants_repeats, 1)
         args.all_pairs = True  # on SMOKE_PAIRS pairs only
     for name in ("network_repeats", "register_repeats", "refine_repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("batch_repeats", "batch_warmup"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
     return args
+
+
+def write_pairs_csv(data: Path, pairs: list, path: Path) -> Path:
+    """The batch's --pairs CSV: each ordered (fixed, moving) pair of ``data`` with both label maps, named ``<moving>_to_<fixed>``."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["fixed", "moving", "moving_labels", "fixed_labels", "name"])
+        for fixed, moving in pairs:
+            f_files, m_files = subject_files(data, fixed), subject_files(data, moving)
+            writer.writerow([f_files["image"], m_files["image"], m_files["labels"], f_files["labels"], f"{moving}_to_{fixed}"])
+    return path
+
+
+def run_batch(args, base: dict, pairs_csv: Path, register: dict, work: Path, echo) -> dict:
+    """``--batch-warmup`` untimed then ``--batch-repeats`` timed batch runs, each a fresh process writing a fresh folder."""
+    runs = []
+    for index in range(args.batch_warmup + args.batch_repeats):
+        name = f"batch-{base['device']}-{'warmup' if index < args.batch_warmup else 'run'}{index}"
+        out = work / f"out-{name}"
+        result = run_child(name, {"kind": "batch", "name": name, "refine": 0, "pairs_csv": str(pairs_csv), "out": str(out), **base}, work, echo=echo)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)  # here, not in the child: the timed process only registers
+        if index >= args.batch_warmup or "error" in result:
+            runs.append(result)
+    return summarise_batch(runs, register)
+
+
+def run_slicer_path(args, common: dict, data: Path, wanted: list, env: dict, model: dict | None, threads: int, work: Path, echo) -> dict:
+    """bench/slicer_path.py in a child (refine 0 with labels, --register-repeats after --register-warmup), or why not."""
+    if args.no_slicer_path:
+        return {"skipped": "--no-slicer-path"}
+    if not model:
+        return {"skipped": "no model"}
+    if importlib.util.find_spec("slicer") is None:
+        result = {"skipped": "slicer-core (Slicer's MRML for Python) is not installed (pip install slicer-core)"}
+        echo(f"Slicer path: {result['skipped']}")
+        return result
+    device = "cpu" if "cpu" in wanted else "cuda"
+    if device == "cuda" and not env["cuda_available"]:
+        return {"skipped": "no CUDA device (torch.cuda.is_available() is False)"}
+    echo(f"Slicer path (slicer-core MRML) on {device.upper()}")
+    spec = {"kind": "slicer", "data": str(data), "fixed_subject": args.fixed, "moving_subject": args.moving, "model": model["path"], "device": device,
+            "repeats": args.register_repeats, "warmup": args.register_warmup, **common}
+    # the engine is the runner's own child: its torch threads come from the environment
+    result = run_child("slicer-path", spec, work, {"OMP_NUM_THREADS": str(threads)}, echo=echo)
+    return summarise_slicer(result, device)
 
 
 def run(args, echo=print) -> int:
@@ -650,6 +935,14 @@ def run(args, echo=print) -> int:
                 notes.append(f"no model, so no VoxelMorphReg numbers: {env['model_error']}")
             echo(f"note: {notes[-1]}")
 
+        batch_csv, batch_skipped = None, None
+        if args.batch_repeats <= 0:
+            batch_skipped = "--batch-repeats 0"
+        elif len(subjects) < 2:
+            batch_skipped = f"fewer than 2 subjects in {data}"
+        else:
+            batch_csv = write_pairs_csv(data, [(a, b) for a in subjects for b in subjects if a != b], work / "batch-pairs.csv")
+
         devices = {}
         wanted = ["cpu", "cuda"] if args.devices == "auto" else [args.devices]
         for device in wanted:
@@ -665,7 +958,7 @@ def run(args, echo=print) -> int:
             net = run_child(f"network-{device}", {"kind": "network", "warmup": args.network_warmup, "repeats": args.network_repeats, **base}, work, echo=echo)
             entry["network"] = summarise_network(net)
             configs = [("register", 0, args.register_warmup, args.register_repeats)]
-            if args.refine > 0:
+            if args.refine is None or args.refine > 0:  # None: register without --refine (the model's default)
                 configs.append(("register_refine", args.refine, 0, args.refine_repeats))
             for key, refine, warmup, repeats in configs:
                 runs = []
@@ -675,7 +968,10 @@ def run(args, echo=print) -> int:
                     if index >= warmup or "error" in result:
                         runs.append(result)
                 entry[key] = summarise_register(runs)
+            entry["batch"] = {"skipped": batch_skipped} if batch_csv is None else run_batch(args, base, batch_csv, entry["register"], work, echo)
             devices[device] = entry
+
+        slicer_report = run_slicer_path(args, common, data, wanted, env, model, threads, work, echo)
 
         ants = {}
         if args.ants_repeats <= 0:
@@ -695,7 +991,7 @@ def run(args, echo=print) -> int:
                 candidates = [
                     (f"network inference ({device})", entry.get("network", {}).get("median", {}).get("network_s")),
                     (f"whole register, refine 0 ({device})", entry.get("register", {}).get("median_seconds", {}).get("total")),
-                    (f"whole register, refine {args.refine} ({device})", entry.get("register_refine", {}).get("median_seconds", {}).get("total")),
+                    (f"whole register, refine {entry.get('register_refine', {}).get('refine')} ({device})", entry.get("register_refine", {}).get("median_seconds", {}).get("total")),
                 ]
                 ratios += [{"what": what, "seconds": s, "speedup": ants["median_total_s"] / s} for what, s in candidates if s]
 
@@ -722,6 +1018,7 @@ def run(args, echo=print) -> int:
             "ants": ants,
             "ratios": ratios,
             "all_pairs": all_pairs,
+            "slicer_path": slicer_report,
             "notes": notes,
         }
         report["targets"] = evaluate(report)
@@ -732,8 +1029,8 @@ def run(args, echo=print) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1))
         echo(f"\nJSON: {path}  ({report['benchmark_seconds']:.0f} s in all)")
-        failed = [name for name, d in devices.items() for part in d.values() if isinstance(part, dict) and "error" in part]
-        return 1 if failed or "error" in ants else 0
+        failed = [name for name, d in devices.items() for part in d.values() if isinstance(part, dict) and ("error" in part or part.get("failed_pairs"))]
+        return 1 if failed or "error" in ants or "error" in slicer_report else 0
     finally:
         if args.keep or args.work is not None:
             echo(f"scratch folder kept: {work}")

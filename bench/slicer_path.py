@@ -59,11 +59,13 @@ def _scene_inputs(args, scene):
         fixed_labels, moving_labels = blob_labels(fixed), blob_labels(moving)
     else:
         data = Path(args.data)
-        if not (data / "subj01_norm.nii.gz").exists():
-            print(f"slicer path skipped: no data at {data} (use --synthetic to check the script)")
+        subjects = (args.fixed, args.moving)
+        missing = [s for s in subjects if not (data / f"{s}_norm.nii.gz").exists()]
+        if missing:
+            _skip(args, f"no data at {data} ({missing[0]}_norm.nii.gz; use --synthetic to check the script)")
             return None
-        fixed, moving = (sitk.ReadImage(str(data / f"{s}_norm.nii.gz"), sitk.sitkFloat32) for s in ("subj01", "subj02"))
-        fixed_labels, moving_labels = (sitk.ReadImage(str(data / f"{s}_seg.nii.gz")) for s in ("subj01", "subj02"))
+        fixed, moving = (sitk.ReadImage(str(data / f"{s}_norm.nii.gz"), sitk.sitkFloat32) for s in subjects)
+        fixed_labels, moving_labels = (sitk.ReadImage(str(data / f"{s}_seg.nii.gz")) for s in subjects)
     nodes = {"fixed": volumes.sitk_to_volume(fixed, scene=scene, name="fixed"), "moving": volumes.sitk_to_volume(moving, scene=scene, name="moving")}
     if args.labels:
         nodes["moving_labels"] = volumes.sitk_to_volume(moving_labels, scene=scene, name="moving labels", label=True)
@@ -139,6 +141,14 @@ def run_once(args, scene, nodes, legacy: bool = False) -> dict:
     return row
 
 
+def _skip(args, reason: str) -> int:
+    """Say why nothing was measured (and, with --json, write ``{"skipped": reason}`` there); exit code 0."""
+    print(f"slicer path skipped: {reason}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"skipped": reason}, indent=2))
+    return 0
+
+
 def _load() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -148,7 +158,9 @@ def _load() -> float | None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with subj01/02_norm.nii.gz and _seg.nii.gz (default: ../shared/data/aseg)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with subjNN_norm.nii.gz and _seg.nii.gz (default: ../shared/data/aseg)")
+    parser.add_argument("--fixed", default="subj01", help="fixed subject in --data (default subj01)")
+    parser.add_argument("--moving", default="subj02", help="moving subject in --data (default subj02)")
     parser.add_argument("--synthetic", action="store_true", help="a small synthetic pair instead of the data (checks the script; not the benchmark)")
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -172,8 +184,7 @@ def main(argv=None) -> int:
         if not hasattr(slicer, "vtkMRMLScene"):
             raise ImportError
     except ImportError:
-        print("slicer path skipped: slicer-core (Slicer's MRML for Python) is not installed")
-        return 0
+        return _skip(args, "slicer-core (Slicer's MRML for Python) is not installed")
     scene = slicer.vtkMRMLScene()
     nodes = _scene_inputs(args, scene)
     if nodes is None:
