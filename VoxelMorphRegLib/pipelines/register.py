@@ -338,15 +338,13 @@ def write_outputs(out, images: PairImages, result: RegistrationResult, options: 
     # One commit step (image/output_set.py): every file is written under a temporary name and
     # verified, then the set moves into place together, metrics.json (the manifest) last; on any
     # failure or signal the earlier set stays as it was. ITK compresses outside Python's lock: the
-    # images are written side by side. The QC figure is drawn meanwhile on its own thread, but the
-    # set is committed without waiting for it: qc.png joins the committed set afterwards
-    # (output_set.add_to_committed_set), so it is never on the path to the result.
+    # images are written side by side. The QC figure is drawn after the commit: qc.png joins the
+    # committed set afterwards (output_set.add_to_committed_set), so it is never on the path to
+    # the result.
     with OutputSet(out) as outputs:
         for name, image in files.items():
             # fields as NIfTI displacement vectors (intent 1006), the form Slicer reads without a warning
             outputs.add_image(name, image, _write_field if name in fields else _write_image)
-        if options.qc:
-            qc_drawing = _draw_qc_in_background(images.fixed, images.moving, result)
         outputs.wait()  # a failed write's one-line error
         seconds["write"] = round(max([outputs.ended[name] for name in files], default=write_started) - write_started, 3)
         seconds["read"] = round(images.seconds, 3)
@@ -354,6 +352,10 @@ def write_outputs(out, images: PairImages, result: RegistrationResult, options: 
         result.metrics["inputs"] = dict(images.inputs)
         # An output of an earlier run that this run does not write (warped_labels, qc.png, the other format) is removed with that set.
         result.metrics = outputs.commit(result.metrics, contract.METRICS, replaces=contract.REGISTER_OUTPUT_NAMES)
+    if options.qc:
+        # Drawn once the set is committed: beside the writing it took the other core (qc 5.2 s
+        # made the write stage 5.7 s on 2 cores, bench/results/cpu-2core-2026-12-02-r4.txt).
+        qc_drawing = _draw_qc_in_background(images.fixed, images.moving, result)
     if qc_drawing is not None:
         qc_started = time.perf_counter()
         png = qc_drawing.result()
