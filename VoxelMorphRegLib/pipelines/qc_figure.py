@@ -13,58 +13,97 @@ import io
 import numpy as np
 import SimpleITK as sitk
 
-from ..image.model_grid import resample_to
 
 DISPLAY_ORIENTATION = "LPS"  # array [S, P, L] after reorientation: easy anatomical planes
+PLANE_NAMES = ("axial", "coronal", "sagittal")
+PERCENTILE_STRIDE = 3  # display window from every 3rd voxel along each axis (1/27 of them): the same window, 27x fewer values to sort
 
 
-def _display(image: sitk.Image) -> tuple[np.ndarray, tuple]:
-    oriented = sitk.DICOMOrient(image, DISPLAY_ORIENTATION)
-    return sitk.GetArrayFromImage(oriented), oriented.GetSpacing()
+def plane_slabs(fixed: sitk.Image) -> list[sitk.Image]:
+    """One-voxel-thick slabs of the fixed image (reoriented to LPS) through its centre: axial,
+    coronal, sagittal. Each is a reference grid for ``sitk.Resample``: only the three displayed
+    planes of every volume are sampled, instead of reorienting and resampling whole volumes."""
+    oriented = sitk.DICOMOrient(fixed, DISPLAY_ORIENTATION)
+    size_i, size_j, size_k = oriented.GetSize()
+    i, j, k = size_i // 2, size_j // 2, size_k // 2
+    return [oriented[:, :, k : k + 1], oriented[:, j : j + 1, :], oriented[i : i + 1, :, :]]
 
 
-def _planes(volume: np.ndarray, spacing) -> list[tuple[np.ndarray, float]]:
-    """(slice, aspect) for axial, coronal, sagittal; superior and anterior up, patient left on the right."""
-    k, j, i = (n // 2 for n in volume.shape[:3])
-    sx, sy, sz = spacing
-    axial = volume[k]  # rows P (anterior at top), columns L
-    coronal = volume[:, j][::-1]  # rows S (superior at top), columns L
-    sagittal = volume[:, :, i][::-1]  # rows S, columns P
-    return [(axial, sy / sx), (coronal, sz / sx), (sagittal, sz / sy)]
+def _plane(image: sitk.Image, slab: sitk.Image, transform=None, interpolator=sitk.sitkLinear) -> np.ndarray:
+    """``image`` at the voxels of ``slab`` through ``transform`` (fixed -> image points), as the
+    displayed 2-D array: superior and anterior up, patient left on the right (display convention)."""
+    transform = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
+    pixel = sitk.sitkVectorFloat64 if image.GetNumberOfComponentsPerPixel() > 1 else sitk.sitkFloat32
+    array = sitk.GetArrayFromImage(sitk.Resample(image, slab, transform, interpolator, 0.0, pixel))
+    return _oriented_plane(array, slab)
 
 
-def _scaled(array: np.ndarray) -> np.ndarray:
-    low, high = np.percentile(array, [1, 99.5])
-    return np.clip((array - low) / max(high - low, 1e-6), 0, 1)
+def _oriented_plane(array: np.ndarray, slab: sitk.Image) -> np.ndarray:
+    size_i, size_j, size_k = slab.GetSize()
+    if size_k == 1:  # axial: rows P (anterior at top), columns L
+        return array[0]
+    if size_j == 1:  # coronal: rows S (superior at top), columns L
+        return array[:, 0][::-1]
+    return array[:, :, 0][::-1]  # sagittal: rows S, columns P
+
+
+def _aspect(slab: sitk.Image) -> float:
+    sx, sy, sz = slab.GetSpacing()
+    size_i, size_j, size_k = slab.GetSize()
+    return sy / sx if size_k == 1 else (sz / sx if size_j == 1 else sz / sy)
+
+
+def _window(volume: sitk.Image) -> tuple[float, float]:
+    view = sitk.GetArrayViewFromImage(volume)[::PERCENTILE_STRIDE, ::PERCENTILE_STRIDE, ::PERCENTILE_STRIDE]
+    low, high = np.percentile(view, [1, 99.5])
+    return float(low), float(max(high - low, 1e-6))
+
+
+def _scaled(array: np.ndarray, window) -> np.ndarray:
+    low, width = window
+    return np.clip((array - low) / width, 0, 1)
+
+
+def qc_planes(fixed: sitk.Image, moving: sitk.Image, result) -> list[dict]:
+    """What the figure shows, per plane (axial, coronal, sagittal): the fixed image, the moving
+    one through the affine (or none), the warped one (each scaled to [0, 1] by its own window),
+    the Jacobian determinant, the moving-space position (LPS mm) of every displayed voxel
+    (``p + u(p)``, for the deformation grid) and the aspect ratio."""
+    from ..image.displacement import physical_points
+
+    windows = [_window(fixed), _window(moving), _window(result.warped)]
+    planes = []
+    for slab in plane_slabs(fixed):
+        points = _oriented_plane(physical_points(slab), slab)
+        planes.append({
+            "fixed": _scaled(_oriented_plane(sitk.GetArrayFromImage(slab), slab), windows[0]),
+            "before": _scaled(_plane(moving, slab, result.affine), windows[1]),
+            "warped": _scaled(_plane(result.warped, slab), windows[2]),
+            "jacobian": _plane(result.jacobian, slab, interpolator=sitk.sitkNearestNeighbor),
+            "mapped": points + _plane(result.displacement, slab),
+            "aspect": _aspect(slab),
+        })
+    return planes
 
 
 def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = None) -> bytes:
     """PNG bytes of the QC figure for a :class:`RegistrationResult`.
 
-    Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global figure state), so it
-    may run on a thread of its own while the outputs are written (pipelines/register.py)."""
+    Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global figure state).
+    Only the three displayed planes of each volume are sampled (:func:`qc_planes`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    before = resample_to(moving, fixed, result.affine)
-    fixed_a, spacing = _display(fixed)
-    before_a, _ = _display(before)
-    warped_a, _ = _display(result.warped)
-    jac_a, _ = _display(result.jacobian)
-    field_a, _ = _display(result.displacement)
-    oriented = sitk.DICOMOrient(fixed, DISPLAY_ORIENTATION)
-    fixed_s, before_s, warped_s = _scaled(fixed_a), _scaled(before_a), _scaled(warped_a)
-
+    planes = qc_planes(fixed, moving, result)
     columns = ["fixed", "moving (affine only)" if result.affine is not None else "moving (no registration)", "warped moving", "overlay: fixed magenta, warped green", "deformation grid", "Jacobian determinant"]
     fig = Figure(figsize=(21, 10.5), facecolor="black")
     FigureCanvasAgg(fig)
     axes = fig.subplots(3, 6)
-    planes = [_planes(v, spacing) for v in (fixed_s, before_s, warped_s, jac_a)]
-    map_planes = _mapped_planes(oriented, field_a, spacing)
     in_plane_axes = [(0, 1), (0, 2), (1, 2)]  # physical components spanning each plane (x, y, z)
     jac_image = None
     for row in range(3):
-        aspect = planes[0][row][1]
+        plane = planes[row]
+        aspect = plane["aspect"]
         for col in range(6):
             ax = axes[row, col]
             ax.set_xticks([])
@@ -73,13 +112,13 @@ def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = N
             if row == 0:
                 ax.set_title(columns[col], color="white", fontsize=11)
             if col < 3:
-                ax.imshow(planes[col][row][0], cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="bilinear")
+                ax.imshow(plane[("fixed", "before", "warped")[col]], cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="bilinear")
             elif col == 3:
-                f, w = planes[0][row][0], planes[2][row][0]
+                f, w = plane["fixed"], plane["warped"]
                 ax.imshow(np.stack([f, w, f], axis=-1), aspect=aspect, interpolation="bilinear")
             elif col == 4:
-                ax.imshow(planes[0][row][0], cmap="gray", vmin=0, vmax=1, aspect=aspect, alpha=0.5)
-                slab = map_planes[row][0]
+                ax.imshow(plane["fixed"], cmap="gray", vmin=0, vmax=1, aspect=aspect, alpha=0.5)
+                slab = plane["mapped"]
                 for component in in_plane_axes[row]:
                     values = slab[..., component]
                     levels = np.arange(np.floor(values.min() / 5) * 5, values.max(), 5.0)
@@ -89,11 +128,11 @@ def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = N
                 ax.set_ylim(slab.shape[0] - 0.5, -0.5)
                 ax.set_aspect(aspect)
             else:
-                jac = planes[3][row][0]
+                jac = plane["jacobian"]
                 jac_image = ax.imshow(jac, cmap="RdBu_r", vmin=0, vmax=2, aspect=aspect, interpolation="nearest")
                 folded = np.ma.masked_where(jac > 0, np.ones_like(jac))
                 ax.imshow(folded, cmap="gray", vmin=0, vmax=2, aspect=aspect, interpolation="nearest")
-        axes[row, 0].set_ylabel(["axial", "coronal", "sagittal"][row], color="white", fontsize=11)
+        axes[row, 0].set_ylabel(PLANE_NAMES[row], color="white", fontsize=11)
     if jac_image is not None:
         bar = fig.colorbar(jac_image, ax=axes[:, 5].tolist(), fraction=0.046, pad=0.02)
         bar.ax.tick_params(colors="white")
@@ -102,27 +141,6 @@ def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = N
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, facecolor="black")
     return buffer.getvalue()
-
-
-def _mapped_planes(oriented: sitk.Image, field: np.ndarray, spacing) -> list:
-    """Where the voxels of each displayed plane land in moving space (mm): only three slices are computed."""
-    from ..image.displacement import index_to_physical_matrix
-
-    matrix, origin = index_to_physical_matrix(oriented), np.array(oriented.GetOrigin())
-    size_k, size_j, size_i = field.shape[:3]
-    centre = [n // 2 for n in (size_k, size_j, size_i)]
-    planes = []
-    for fixed_axis in range(3):  # axial (k), coronal (j), sagittal (i), as in _planes
-        ranges = [np.arange(n, dtype=float) for n in (size_k, size_j, size_i)]
-        ranges[fixed_axis] = np.array([float(centre[fixed_axis])])
-        k, j, i = np.meshgrid(*ranges, indexing="ij")
-        points = np.stack([i, j, k], axis=-1) @ matrix.T + origin
-        index = [slice(None)] * 3
-        index[fixed_axis] = slice(centre[fixed_axis], centre[fixed_axis] + 1)
-        mapped = (points + field[tuple(index)]).squeeze(axis=fixed_axis)
-        planes.append(mapped if fixed_axis == 0 else mapped[::-1])
-    aspects = [a for _, a in _planes(np.zeros((2, 2, 2)), spacing)]
-    return list(zip(planes, aspects))
 
 
 def _summary(metrics: dict) -> str:
