@@ -41,10 +41,13 @@ class ModelConfig:
     # Share of the refinement iterations run first on the velocity's own (coarser) grid: each costs several
     # times less there; the rest run on the model grid (``--refine-coarse-fraction`` overrides). 0 for v1.
     default_refine_coarse_fraction: float = 0.0
+    # Inference runs the network both ways and keeps the antisymmetric velocity (see
+    # RegistrationNetwork): swapped inputs give the exact inverse, an identical pair no motion. False for v1.
+    symmetric_inference: bool = False
     training: dict = field(default_factory=dict)  # provenance: data, command, steps, hardware, metrics
 
     def build(self) -> RegistrationNetwork:
-        return RegistrationNetwork(tuple(self.encoder_features), tuple(self.decoder_features), self.svf_level, self.integration_steps)
+        return RegistrationNetwork(tuple(self.encoder_features), tuple(self.decoder_features), self.svf_level, self.integration_steps, self.symmetric_inference)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -163,6 +166,7 @@ def checked_config(data, path) -> ModelConfig:
         "default_refine_smoothness": lambda v: _number(v, 0, 1e6),
         "default_refine_learning_rate": lambda v: _number(v, 0, 100, low_open=True),
         "default_refine_coarse_fraction": lambda v: _number(v, 0, 1),
+        "symmetric_inference": lambda v: None if isinstance(v, bool) else "must be true or false",
         "training": lambda v: None if isinstance(v, dict) else "must be a mapping",
     }
     for name, check in checks.items():

@@ -400,7 +400,7 @@ class RegisterOptions:
     model: str = option("--model", "model file, 'bundled' (default) or 'none' (optimisation only)", "bundled")
     device: str = option("--device", "device to run on", "auto", choices=DEVICES)
     affine: bool = option("--no-affine", "skip the affine pre-alignment (images already aligned)", True, negates=True)
-    refine_iterations: int | None = option("--refine", "N iterations of per-pair refinement (default: the model's own default, 120 for the bundled model and with --model none, the first two thirds on the coarse grid; 0 for the network alone)", kind=int, metavar="N")
+    refine_iterations: int | None = option("--refine", "N iterations of per-pair refinement (default: the model's own default, 10 for the bundled v2 model; 120 with --model none, the first two thirds on the coarse grid; 0 for the network alone)", kind=int, metavar="N")
     refine_smoothness: float | None = option("--refine-smoothness", "weight of velocity smoothness in the refinement loss (default: the model's; larger is smoother)", kind=float, metavar="W")
     refine_learning_rate: float | None = option("--refine-learning-rate", "Adam step size of the refinement (default: the model's)", kind=float, metavar="LR")
     refine_coarse_fraction: float | None = option("--refine-coarse-fraction", "share of the --refine iterations run first on the velocity's coarser grid, where each costs several times less (default: the model's)", kind=float, metavar="F")

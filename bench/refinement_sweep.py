@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         (fixed, fixed_labels), (moving, moving_labels) = subjects[fixed_name], subjects[moving_name]
         prepared = prepare_pair(fixed, moving, base, model, quiet)
         with torch.inference_mode():
-            velocity = model.module().unet(prepared.moving_t.to(model.device), prepared.fixed_t.to(model.device)).float()
+            velocity = model.module().velocity(prepared.moving_t.to(model.device), prepared.fixed_t.to(model.device))
         for coarse, fine in schedules:
             total = coarse + fine
             options = RegisterOptions(model=args.model, refine_iterations=total, refine_coarse_fraction=(coarse / total) if total else 0.0,

@@ -190,6 +190,6 @@ def test_batched_velocities_are_each_pairs_own(tiny_model):
     together = batch_module.batched_velocities(model, prepared)
     for p, velocity in zip(prepared, together):
         with torch.inference_mode():
-            alone = model.module().unet(p.moving_t, p.fixed_t).float()
+            alone = model.module().velocity(p.moving_t, p.fixed_t)
         torch.testing.assert_close(velocity, alone, rtol=1e-4, atol=1e-6)
     assert not torch.equal(together[0], together[1])

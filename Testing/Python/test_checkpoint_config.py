@@ -36,6 +36,7 @@ def hostile(tmp_path, name, **config_changes):
     ("encoder_features", [4, "8", 8], "encoder_features must hold channel counts"),
     ("default_refine_iterations", 2.5, "default_refine_iterations must be an integer"),
     ("default_refine_learning_rate", float("nan"), "default_refine_learning_rate must be a finite number > 0"),
+    ("symmetric_inference", "yes", "symmetric_inference must be true or false"),
     ("training", "yesterday", "training must be a mapping"),
 ])
 def test_every_config_field_is_checked(tmp_path, field, value, fragment):
@@ -78,3 +79,17 @@ def test_resuming_into_a_folder_trained_with_another_architecture(tmp_path):
         check_resumable(last, other)
     with pytest.raises(VoxelMorphRegError, match="cannot resume: it was trained with spacing"):
         check_resumable(last, tiny(spacing=[1.5, 1.5, 1.5]))
+
+
+def test_symmetric_inference_survives_a_round_trip_and_defaults_off(tmp_path):
+    """A model file says whether it runs both ways; older files (no field) run one way as before."""
+    on = tmp_path / "on.pt"
+    save_checkpoint(on, tiny(symmetric_inference=True).build(), tiny(symmetric_inference=True))
+    network, config, _ = load_checkpoint(on)
+    assert config.symmetric_inference is True and network.symmetric is True
+    older = hostile(tmp_path, "older")
+    payload = torch.load(older, weights_only=True)
+    del payload["config"]["symmetric_inference"]
+    torch.save(payload, older)
+    network, config, _ = load_checkpoint(older)
+    assert config.symmetric_inference is False and network.symmetric is False

@@ -48,6 +48,27 @@ def test_the_coarse_level_alone_recovers_a_known_shift():
     assert float(flow[0][inside].abs().median()) < 0.3 and float(flow[1][inside].abs().median()) < 0.3
 
 
+def test_a_pair_that_cannot_be_improved_keeps_its_velocity():
+    """An identical pair from a zero velocity is already at the loss's minimum: Adam's first steps
+    (about learning_rate each, whatever the gradient) make it worse, so the refinement hands back
+    the velocity it came with instead of the noise, on both levels. A shifted pair still moves."""
+    fixed, _ = shifted_pair(0.0)
+    shape = fixed.shape[2:]
+    losses = []
+
+    def to_flow(v):
+        return resize_flow(integrate_velocity(v, 7), shape)
+
+    start = torch.zeros(1, 3, 24, 24, 24)
+    refined = refine_velocity(fixed, fixed, start, to_flow, iterations=6, coarse_iterations=4, smoothness_weight=0.3, learning_rate=0.2,
+                              progress=lambda i, n, loss: losses.append(loss))
+    assert len(losses) == 10 and max(losses[1:4]) > losses[0] and max(losses[5:]) > losses[4]  # the steps did make it worse
+    assert torch.equal(refined, start)
+    moving, fixed = shifted_pair(2.0)
+    refined = refine_velocity(moving, fixed, start, to_flow, iterations=6, coarse_iterations=4, smoothness_weight=0.3, learning_rate=0.2)
+    assert float(to_flow(refined)[0, 2][fixed[0, 0] > 0.3].median()) > 0.5
+
+
 def test_on_grid_keeps_the_field_of_view():
     image = torch.zeros(1, 1, 9, 9, 9)
     image[..., 8] = 1.0  # the last slice along i

@@ -18,6 +18,39 @@ def test_network_shapes_and_identity_start(svf_level):
     assert out.flow.abs().max() < 1e-2  # the head starts near zero: the identity transform
 
 
+def _trained_looking(symmetric):
+    """A network whose head is not near zero, so that it has a bias as trained weights do."""
+    torch.manual_seed(3)
+    net = RegistrationNetwork(encoder_features=(4, 8, 8), decoder_features=(8,), svf_level=1, symmetric=symmetric)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    return net.eval()
+
+
+def test_symmetric_velocity_is_antisymmetric_and_zero_on_an_identical_pair():
+    """Swapped inputs negate the velocity (so the transform is the exact inverse) and an identical
+    pair gets no motion; the one-way network has neither property (the test can fail)."""
+    torch.manual_seed(0)
+    a, b = torch.rand(2, 1, 1, 16, 16, 16)
+    one_way, both_ways = _trained_looking(False), _trained_looking(True)
+    with torch.no_grad():
+        assert one_way.velocity(a, a).abs().max() > 1e-3
+        assert (one_way.velocity(a, b) + one_way.velocity(b, a)).abs().max() > 1e-3
+        assert both_ways.velocity(a, a).abs().max() == 0
+        torch.testing.assert_close(both_ways.velocity(a, b), -both_ways.velocity(b, a), rtol=0, atol=1e-6)
+        # it is the antisymmetric part of the same U-Net's two answers, per pair of a batch
+        # (a batch of two may take another convolution algorithm than one pair: float32 round-off)
+        expected = 0.5 * (one_way.unet(a, b) - one_way.unet(b, a))
+        scale = float(expected.abs().max())
+        assert scale > 1e-2
+        torch.testing.assert_close(both_ways.velocity(a, b), expected, rtol=0, atol=1e-3 * scale)
+        batch = both_ways.velocity(torch.cat([a, b]), torch.cat([b, a]))
+        torch.testing.assert_close(batch[0:1], both_ways.velocity(a, b), rtol=0, atol=1e-3 * scale)
+        # forward() integrates the same velocity: the flow of (b, a) inverts that of (a, b)
+        torch.testing.assert_close(both_ways(a, b).flow, both_ways.inverse_flow(both_ways.velocity(b, a), a.shape[2:]), rtol=0, atol=1e-5)
+
+
 def test_network_rejects_sizes_it_cannot_divide():
     with pytest.raises(ValueError, match="divisible by 16"):
         RegistrationNetwork()(torch.rand(1, 1, 30, 32, 32), torch.rand(1, 1, 30, 32, 32))

