@@ -178,7 +178,7 @@ def _cpu_model() -> str:
 
 
 def worker_network(spec) -> dict:
-    """Time ``unet(moving, fixed)`` and the integration of its velocity on the model-grid tensors."""
+    """Time ``network.velocity(moving, fixed)`` (the U-Net, both ways for a symmetric model) and the integration of its velocity on the model-grid tensors."""
     import torch
 
     from VoxelMorphRegLib.contract import RegisterOptions
@@ -755,7 +755,7 @@ def render(report: dict) -> str:
             reg_rows.append([device, f"{reg['refine']} (model default)" if reg.get("refine_default") else reg["refine"], reg["repeats"], fmt_s(s.get("total")), fmt_s(reg["median_process_s"]), fmt_bytes(reg["peak_rss_bytes"]), fmt_bytes(reg["cuda_peak_bytes"]), fmt_dice(reg["dice30"]), fmt_dice(reg["dice30_spread"]), f"{reg['folding_fraction']:.2e}" if reg["folding_fraction"] is not None else "-"])
             stage_rows.append([f"{device} refine {reg['refine']}"] + [fmt_s(s.get(stage)) if stage in s else "-" for stage in STAGES])
     if net_rows or net_notes:
-        out += ["", f"Network inference: unet(moving, fixed) + scaling-and-squaring on the model grid; median of {settings['network_repeats']} after {settings['network_warmup']} warm-up"]
+        out += ["", f"Network inference: network.velocity(moving, fixed) (both ways for a symmetric model) + scaling-and-squaring on the model grid; median of {settings['network_repeats']} after {settings['network_warmup']} warm-up"]
         if net_rows:
             out.append(table(net_rows, ["device", "name", "grid", "unet", "integration", "network", "min..max", "peak RSS", "GPU peak"]))
         out += net_notes

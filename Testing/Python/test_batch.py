@@ -180,11 +180,15 @@ def test_pairs_of_one_grid_share_a_forward_pass_with_the_same_result(images, tin
     assert all(rows[n]["status"] == "ok" for n in ("one", "two", "three"))
 
 
-def test_batched_velocities_are_each_pairs_own(tiny_model):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_batched_velocities_are_each_pairs_own(tiny_model, symmetric):
+    """Pairs run together get the velocity each gets alone; a symmetric model's batch of 2N (each
+    pair both ways) is split back the same way."""
     from VoxelMorphRegLib.contract import RegisterOptions
     from VoxelMorphRegLib.pipelines.register import prepare_pair
 
     model = loaded_model.load_model(RegisterOptions(model=str(tiny_model), device="cpu", refine_iterations=0))
+    model.module().symmetric = symmetric
     options = RegisterOptions(affine=False)
     prepared = [prepare_pair(blob_volume(size=(24, 22, 20), seed=s), blob_volume(size=(24, 22, 20), seed=s + 10), options, model, log=lambda _: None) for s in range(2)]
     together = batch_module.batched_velocities(model, prepared)
@@ -192,4 +196,8 @@ def test_batched_velocities_are_each_pairs_own(tiny_model):
         with torch.inference_mode():
             alone = model.module().velocity(p.moving_t, p.fixed_t)
         torch.testing.assert_close(velocity, alone, rtol=1e-4, atol=1e-6)
+        if symmetric:
+            with torch.inference_mode():
+                swapped = model.module().velocity(p.fixed_t, p.moving_t)
+            torch.testing.assert_close(velocity, -swapped, rtol=1e-4, atol=1e-6)
     assert not torch.equal(together[0], together[1])

@@ -80,6 +80,8 @@ def test_speed_targets_pass_fail_and_unmeasured():
     bench = _load_benchmark()
     rows = {r["target"]: r for r in bench.evaluate(_speed_report())}
     assert {rows[t]["verdict"] for t in SPEED_TARGETS} == {"PASS"}  # ANTs 100 s / 12 s = 8.3x
+    command_line = rows["write stage, command line default (compressed, all outputs; not a target)"]
+    assert command_line["verdict"] == "-" and command_line["value"] == bench.fmt_s(0.8)  # shown beside the judged hand-off figure
 
     rows = {r["target"]: r for r in bench.evaluate(_speed_report(batch_s=30, overhead=2.5, total0=6, total_default=30, rss=2.6e9, affine=2, write=1.5))}
     assert {rows[t]["verdict"] for t in SPEED_TARGETS} == {"FAIL"}  # 100 s / 30 s = 3.3x

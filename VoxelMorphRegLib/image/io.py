@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import tempfile
 from pathlib import Path
 
@@ -188,9 +189,15 @@ def atomic_path(path):
         raise
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process's umask. Reading it means setting it, so threads writing files side by side
+    (the output set, the demo's inputs) take turns: another thread's read in between would get 0."""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
 
 
