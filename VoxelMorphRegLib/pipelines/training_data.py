@@ -168,7 +168,7 @@ class TrainingPairs(IterableDataset):
         recipe = self.recipe
         half = [max(2, n // 2) for n in shape]
         # drawn and integrated on a half-resolution grid (it is smooth), then upsampled
-        flow, _ = random_deformation(half, recipe.augment_voxels / 2, control_spacing=8.0, generator=generator)
+        flow, _ = random_deformation(half, recipe.augment_voxels / 2, control_spacing=8.0, generator=generator, inverse=False)
         flow = resize_flow(flow, shape)
         if recipe.affine_degrees > 0 or recipe.affine_scale > 0 or recipe.affine_shift > 0:
             flow = compose(flow, random_affine_flow(shape, recipe.affine_degrees, recipe.affine_scale, recipe.affine_shift, generator))

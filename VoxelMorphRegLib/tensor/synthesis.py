@@ -26,10 +26,11 @@ def random_velocity(shape, max_displacement: float, control_spacing: float = 16.
     return velocity * (max_displacement / peak)
 
 
-def random_deformation(shape, max_displacement: float, control_spacing: float = 16.0, steps: int = 7, generator=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random diffeomorphism: ``(flow, inverse_flow)`` in voxel units, both ``[1, 3, ...]``."""
+def random_deformation(shape, max_displacement: float, control_spacing: float = 16.0, steps: int = 7, generator=None, device=None, inverse: bool = True):
+    """A random diffeomorphism: ``(flow, inverse_flow)`` in voxel units, both ``[1, 3, ...]``;
+    with ``inverse=False`` the inverse is not integrated (``None``: half the work)."""
     velocity = random_velocity(shape, max_displacement, control_spacing, generator, device)
-    return integrate_velocity(velocity, steps), integrate_velocity(-velocity, steps)
+    return integrate_velocity(velocity, steps), (integrate_velocity(-velocity, steps) if inverse else None)
 
 
 def bias_field(shape, strength: float = 0.3, control_spacing: float = 32.0, generator=None, device=None) -> torch.Tensor:
