@@ -55,7 +55,8 @@ def grid_transform_from_displacement(field: sitk.Image, ijk_to_ras_matrix: np.nd
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     direction_ras = matrix[:3, :3] / spacing
 
-    vectors_ras = sitk.GetArrayFromImage(field).astype(np.float64) * _FLIP  # [K, J, I, 3]
+    vectors_ras = np.asarray(sitk.GetArrayFromImage(field), dtype=np.float64)  # [K, J, I, 3], a copy (no second one when already float64)
+    vectors_ras *= _FLIP  # LPS -> RAS, in place: the field is 160 MB at 1 mm
     size = field.GetSize()
     grid_image = vtk.vtkImageData()
     grid_image.SetDimensions(int(size[0]), int(size[1]), int(size[2]))
