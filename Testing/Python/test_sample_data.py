@@ -182,3 +182,16 @@ def test_demo_writes_inputs_and_scores_the_estimate(monkeypatch, tmp_path):
     for key in ("mean", "median", "p95", "max"):
         assert demo["error_mm"][key] == pytest.approx(1.0, abs=1e-3)
     assert any("error" in line for line in lines)
+
+
+def test_demo_refine_option_reaches_the_registration(monkeypatch, tmp_path):
+    """``voxelmorphreg demo --refine 0`` shows the network alone: the count reaches run_demo (and,
+    through it, register's options, checked above); without the option the model's default runs."""
+    from VoxelMorphRegLib.frontends import cli
+    from VoxelMorphRegLib.pipelines import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kwargs: seen.append(kwargs["refine"]) or {})
+    assert cli.main(["demo", "--out", str(tmp_path / "a"), "--refine", "0", "--quiet"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert seen == [0, None]

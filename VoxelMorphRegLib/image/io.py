@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
