@@ -120,6 +120,16 @@ def read_volume(path, name: str | None = None) -> sitk.Image:
 
 def read_labels(path, reference: sitk.Image | None = None, name: str | None = None) -> sitk.Image:
     """Read an integer label map; with ``reference``, require the same grid as that image."""
+    name = name or str(path)
+    image = read_label_image(path, name, check_orientation=reference is None)
+    if reference is not None:
+        check_label_grid(image, reference, name)
+    return image
+
+
+def read_label_image(path, name: str | None = None, check_orientation: bool = True) -> sitk.Image:
+    """:func:`read_labels` without the reference: for reading a label map beside its image
+    (:func:`check_label_grid` afterwards; the image's own checks cover the orientation)."""
     path = Path(path)
     name = name or str(path)
     image, stored = _read_any(path, name)
@@ -128,7 +138,7 @@ def read_labels(path, reference: sitk.Image | None = None, name: str | None = No
         image = image[:, :, :, 0]
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3 or image.GetPixelID() in _COMPLEX_TYPES:
         raise VoxelMorphRegError(f"{name}: a label map must be a 3D scalar image")
-    if reference is None:
+    if check_orientation:
         check_direction(image, name)
     array = sitk.GetArrayViewFromImage(image)
     if image.GetPixelID() not in _LABEL_TYPES:
@@ -136,12 +146,16 @@ def read_labels(path, reference: sitk.Image | None = None, name: str | None = No
             raise VoxelMorphRegError(f"{name}: label values must be integers")
     if array.size and (float(array.min()) < -(2**31) or float(array.max()) >= 2**31):
         raise VoxelMorphRegError(f"{name}: label values {float(array.min()):g}..{float(array.max()):g} do not fit 32-bit integers")
-    if reference is not None and not same_grid(image, reference):
+    return sitk.Cast(image, sitk.sitkInt32)
+
+
+def check_label_grid(labels: sitk.Image, reference: sitk.Image, name: str) -> None:
+    """A label map must lie on its image's grid (one-line error naming both grids)."""
+    if not same_grid(labels, reference):
         raise VoxelMorphRegError(
-            f"{name}: label grid (size {image.GetSize()}, spacing {_fmt(image.GetSpacing())}, origin {_fmt(image.GetOrigin())}) "
+            f"{name}: label grid (size {labels.GetSize()}, spacing {_fmt(labels.GetSpacing())}, origin {_fmt(labels.GetOrigin())}) "
             f"differs from its image's (size {reference.GetSize()}, spacing {_fmt(reference.GetSpacing())}, origin {_fmt(reference.GetOrigin())})"
         )
-    return sitk.Cast(image, sitk.sitkInt32)
 
 
 def _fmt(values) -> str:
@@ -219,9 +233,11 @@ def write_image(image: sitk.Image, path) -> Path:
     return path
 
 
-def verify_image_file(path, image: sitk.Image) -> None:
+def verify_image_file(path, image: sitk.Image, data: bool = True) -> None:
     """Raise :class:`DamagedFile` unless the file just written at ``path`` holds ``image``'s grid and all
-    of its voxel data (ITK's NIfTI writer does not report a short write on a full disk)."""
+    of its voxel data (ITK's NIfTI writer does not report a short write on a full disk).
+
+    ``data=False``: the header only (for a writer that checked the data itself)."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise DamagedFile("is empty")
@@ -236,6 +252,8 @@ def verify_image_file(path, image: sitk.Image) -> None:
     for what, back, held in (("spacing", reader.GetSpacing(), image.GetSpacing()), ("origin", reader.GetOrigin(), image.GetOrigin()), ("direction", reader.GetDirection(), image.GetDirection())):
         if not np.allclose(back, held, rtol=1e-5, atol=1e-4):
             raise DamagedFile(f"reads back with another {what}")
+    if not data:
+        return
     stored = scan_file(path)
     if stored is None or not stored.checked:
         sitk.ReadImage(str(path))  # formats ITK checks itself (a short NRRD or MetaImage raises)
@@ -259,52 +277,12 @@ def write_bytes(data: bytes, path) -> Path:
     return path
 
 
-NIFTI_INTENT_DISPVECT = 1006  # NIfTI-1 intent code of a displacement vector field
-
-
 def write_nifti_displacement(field: sitk.Image, path, compression_level: int = 6, float32: bool = False) -> Path:
-    """Write a displacement field (3 components, mm, LPS as ITK holds it) as NIfTI with intent 1006.
+    """Write a displacement field (3 components, mm, LPS as ITK holds it) as NIfTI with intent 1006
+    (RAS vectors; see :mod:`.nifti_writer`). Not atomic: write to a temporary name.
+    ``float32``: store the vectors as float32; exact for a field already rounded to a power-of-two
+    fraction of a mm, as register's outputs are."""
+    from .nifti_writer import write_nifti
 
-    A NIfTI displacement field (intent 1006, "displacement vector") holds its vectors in RAS: ITK
-    5.4 (the one in SimpleITK and ANTs), and Slicer's ITK since Slicer 5.2, turn them into LPS when
-    they read such a file, and Slicer warns about a displacement field with any other intent.
-    SimpleITK cannot write that intent itself (ITK's RAS conversion refuses its variable-length
-    vectors), so the RAS vectors are written with ITK's default vector intent and the header's
-    intent code is set afterwards, before compressing. Not atomic: write to a temporary name.
-    ``float32``: store the vectors as float32 (half the bytes, about half the gzip time); exact for
-    a field already rounded to a power-of-two fraction of a mm, as register's outputs are.
-    """
-    import gzip
-    import shutil
-    import struct
-
-    path = Path(path)
-    if field.GetDimension() != 3 or field.GetNumberOfComponentsPerPixel() != 3:
-        raise ValueError("a displacement field has 3 dimensions and 3 components per voxel")
-    view = sitk.GetArrayViewFromImage(field)
-    vectors = view.astype(np.float32 if float32 else view.dtype)  # a copy
-    vectors[..., :2] *= -1  # LPS -> RAS
-    ras = sitk.GetImageFromArray(vectors, isVector=True)
-    ras.CopyInformation(field)
-    del vectors
-    # Named after ``path``: when ``path`` is an output set's temporary file, so is this one, and a
-    # run killed meanwhile has it removed with the rest (image/output_set.py).
-    plain = str(path.parent / f"{path.name}.plain.nii")
-    try:
-        sitk.WriteImage(ras, plain, False)
-        with open(plain, "r+b") as stream:
-            header_size = stream.read(4)
-            order = "<" if struct.unpack("<i", header_size)[0] == 348 else ">"
-            if struct.unpack(f"{order}i", header_size)[0] != 348:
-                raise VoxelMorphRegError(f"{path}: ITK did not write a NIfTI-1 header")
-            stream.seek(68)  # intent_code (short)
-            stream.write(struct.pack(f"{order}h", NIFTI_INTENT_DISPVECT))
-        if path.name.endswith(".gz"):
-            with open(plain, "rb") as source, gzip.open(path, "wb", compresslevel=compression_level) as target:
-                shutil.copyfileobj(source, target, 16 << 20)
-        else:
-            os.replace(plain, path)
-    finally:
-        if os.path.exists(plain):
-            os.remove(plain)
-    return path
+    write_nifti(field, path, compression_level=compression_level, displacement=True, float32=float32)
+    return Path(path)

@@ -11,7 +11,9 @@
    ``.voxelmorphreg-<run>-<name>``, then verified: not empty, its header read back with the
    geometry of the image in memory, every byte of voxel data its header declares present and a
    compressed stream complete (end marker, CRC, length; see :mod:`.stored_data`), fsynced. A full
-   disk, which ITK's NIfTI writer does not report, fails here.
+   disk, which ITK's NIfTI writer does not report, fails here. The pipelines' NIfTI writer
+   (:mod:`.nifti_writer`) makes the data checks while it writes (ITK's plain file against its
+   header, the compressed stream written and hashed by Python), so only the header is read back.
 2. :meth:`OutputSet.commit` then moves the earlier run's files aside (its manifest first), moves the
    new files into place and writes the manifest last: the manifest (``metrics.json``) names every
    file of its run with its size and SHA-256, and the run's id. A reader checks a folder with
@@ -78,7 +80,9 @@ class OutputSet:
     def add_image(self, name: str, image: sitk.Image, write=None) -> None:
         """Write ``image`` (compressed where the format allows) and verify it, in the background.
 
-        ``write(image, path)``: another writer than ``sitk.WriteImage`` (such as io.write_nifti_displacement)."""
+        ``write(image, path)``: another writer than ``sitk.WriteImage``. One that returns
+        ``{"bytes", "sha256"}`` of the file (:func:`.nifti_writer.write_nifti`) has checked its
+        voxel data and hashed what it wrote; the file's header is then read back, not its data."""
         self._submit(name, _write_image, image, self.temporary(name), self.folder / name, write)
 
     def add_bytes(self, name: str, data: bytes) -> None:
@@ -227,11 +231,14 @@ def _manifest_files(path: Path) -> list[str]:
 
 
 def _write_image(image: sitk.Image, temporary: Path, final: Path, write=None) -> dict:
+    checked = None
     try:
         if write is None:
             sitk.WriteImage(image, str(temporary), useCompression=True)
         else:
-            write(image, temporary)
+            checked = write(image, temporary)
+    except DamagedFile as exc:
+        raise _write_error(final, str(exc)) from None
     except OSError as exc:
         raise _write_error(final, exc.strerror or str(exc)) from None
     except RuntimeError as exc:
@@ -239,12 +246,18 @@ def _write_image(image: sitk.Image, temporary: Path, final: Path, write=None) ->
     except MemoryError:
         raise _write_error(final, "not enough memory") from None
     try:
-        verify_image_file(temporary, image)
+        # A writer that returns {"bytes", "sha256"} (image/nifti_writer.py) has checked the voxel
+        # data itself and hashed what it wrote: only the header is read back here.
+        verify_image_file(temporary, image, data=checked is None)
         _fsync(temporary)
+        if checked is not None and temporary.stat().st_size != checked["bytes"]:
+            raise DamagedFile(f"holds {temporary.stat().st_size} of the {checked['bytes']} bytes written")
     except DamagedFile as exc:
         raise _write_error(final, str(exc)) from None
     except (OSError, RuntimeError) as exc:
         raise _write_error(final, getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]) from None
+    if checked is not None:
+        return {"bytes": checked["bytes"], "sha256": checked["sha256"]}
     return {"bytes": temporary.stat().st_size, "sha256": _sha256(temporary)}
 
 

@@ -20,14 +20,15 @@ from .. import contract
 from ..contract import Done, Message, Progress, RegisterOptions, Stage, no_events
 from ..errors import CancelledError
 from ..image.affine import affine_register
-from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, physical_to_flow, vector_image
-from ..image.io import ensure_output_folder, write_nifti_displacement
+from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, vector_image
+from ..image.io import ensure_output_folder
+from ..image.nifti_writer import write_nifti
 from ..image.output_set import OutputSet, add_to_committed_set
 from ..image.pair_files import PairImages, read_pair  # noqa: F401 (read_pair re-exported)
 from ..image.model_grid import resample_to
 from ..image.preprocessing import grid_for, image_on_grid
 from ..model_resolution import bundled_model_path, model_search_path  # noqa: F401 (re-exported)
-from ..tensor.jacobian import folding_statistics, jacobian_determinant
+from ..tensor.jacobian import folding_statistics, physical_jacobian_determinant
 from ..tensor.refinement import refine_velocity, zero_velocity
 from .label_metrics import dice_per_label
 from .memory_guard import check_memory
@@ -38,18 +39,19 @@ from .loaded_model import DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS, Load
 # (a 160x192x224 field: 1.6 s instead of 3.4 s at level 1, quiet 2-core CPU); reading one back as
 # sitk.sitkVectorFloat64 (what sitk.DisplacementFieldTransform takes) gives the same numbers.
 FIELD_QUANTUM_MM = 1.0 / 1024
-# gzip level of the .nii.gz outputs. Measured on a 160x192x224 displacement field: as float64 on a
-# busy 2-core CPU, level 1 2.8 s / 38 MB, level 6 (the usual default) 6.7 s / 31 MB; as float32 on
-# the quiet CPU, level 1 1.6 s / 38 MB, uncompressed 0.15 s / 83 MB.
+# gzip level of the .nii.gz outputs, deflated with zlib's Z_RLE strategy (image/nifti_writer.py).
+# A 160x192x224 displacement field as float32 (82.6 MB) on the quiet 2-core AMD CPU: level 1 with
+# zlib's default strategy 1.28 s / 45.0 MB, Z_RLE 0.67 s / 50.3 MB, level 6 8.6 s / 41.9 MB
+# (python bench/deflate_strategies.py; bench/results/deflate-strategies-2026-12-03-epyc.txt).
 COMPRESSION_LEVEL = 1
 
 
-def _write_field(field: sitk.Image, path) -> None:
-    write_nifti_displacement(field, path, compression_level=COMPRESSION_LEVEL, float32=True)
+def _write_field(field: sitk.Image, path) -> dict:
+    return write_nifti(field, path, compression_level=COMPRESSION_LEVEL, displacement=True, float32=True)
 
 
-def _write_image(image: sitk.Image, path) -> None:
-    sitk.WriteImage(image, str(path), True, COMPRESSION_LEVEL)
+def _write_image(image: sitk.Image, path) -> dict:
+    return write_nifti(image, path, compression_level=COMPRESSION_LEVEL)
 
 
 @dataclass
@@ -262,10 +264,12 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
 def jacobian_of(displacement: sitk.Image) -> torch.Tensor:
     """det J of ``p -> p + u(p)`` for a displacement image ``u`` (LPS mm) on its own grid, ``[K, J, I]``.
 
-    The field is first expressed in the grid's index axes, so central differences in voxels are
-    right on oblique, anisotropic grids too (see docs/GEOMETRY.md); evaluate uses it for ANTs' field."""
-    flow = torch.from_numpy(physical_to_flow(sitk.GetArrayViewFromImage(displacement), displacement, dtype=np.float32))[None]
-    return jacobian_determinant(flow)[0]
+    Differences are taken along the grid's index axes and combined with its direction and spacing
+    (``det J = det(M + G) / det M``, tensor/jacobian.py), so they are right on oblique, anisotropic
+    grids too (see docs/GEOMETRY.md); evaluate uses it for ANTs' field."""
+    from ..image.displacement import index_to_physical_matrix
+
+    return physical_jacobian_determinant(sitk.GetArrayViewFromImage(displacement), index_to_physical_matrix(displacement))
 
 
 def _quantised(field: np.ndarray) -> np.ndarray:
