@@ -6,7 +6,7 @@ The 6 ordered aseg pairs, images read beforehand, --refine 0, model loaded once;
 /tmp/voxelmorphreg-overlap. Result of 2026-12-03 (AMD EPYC, 2 cores, quiet): sequential 21.2 /
 21.7 s, overlapped 20.6 / 20.3 s (about 5 %).
 """
-import time, sys, threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from VoxelMorphRegLib.contract import RegisterOptions
 from VoxelMorphRegLib.pipelines.loaded_model import load_model

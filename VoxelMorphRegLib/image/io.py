@@ -120,16 +120,6 @@ def read_volume(path, name: str | None = None) -> sitk.Image:
 
 def read_labels(path, reference: sitk.Image | None = None, name: str | None = None) -> sitk.Image:
     """Read an integer label map; with ``reference``, require the same grid as that image."""
-    name = name or str(path)
-    image = read_label_image(path, name, check_orientation=reference is None)
-    if reference is not None:
-        check_label_grid(image, reference, name)
-    return image
-
-
-def read_label_image(path, name: str | None = None, check_orientation: bool = True) -> sitk.Image:
-    """:func:`read_labels` without the reference: for reading a label map beside its image
-    (:func:`check_label_grid` afterwards; the image's own checks cover the orientation)."""
     path = Path(path)
     name = name or str(path)
     image, stored = _read_any(path, name)
@@ -138,7 +128,7 @@ def read_label_image(path, name: str | None = None, check_orientation: bool = Tr
         image = image[:, :, :, 0]
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3 or image.GetPixelID() in _COMPLEX_TYPES:
         raise VoxelMorphRegError(f"{name}: a label map must be a 3D scalar image")
-    if check_orientation:
+    if reference is None:
         check_direction(image, name)
     array = sitk.GetArrayViewFromImage(image)
     if image.GetPixelID() not in _LABEL_TYPES:
@@ -146,16 +136,12 @@ def read_label_image(path, name: str | None = None, check_orientation: bool = Tr
             raise VoxelMorphRegError(f"{name}: label values must be integers")
     if array.size and (float(array.min()) < -(2**31) or float(array.max()) >= 2**31):
         raise VoxelMorphRegError(f"{name}: label values {float(array.min()):g}..{float(array.max()):g} do not fit 32-bit integers")
-    return sitk.Cast(image, sitk.sitkInt32)
-
-
-def check_label_grid(labels: sitk.Image, reference: sitk.Image, name: str) -> None:
-    """A label map must lie on its image's grid (one-line error naming both grids)."""
-    if not same_grid(labels, reference):
+    if reference is not None and not same_grid(image, reference):
         raise VoxelMorphRegError(
-            f"{name}: label grid (size {labels.GetSize()}, spacing {_fmt(labels.GetSpacing())}, origin {_fmt(labels.GetOrigin())}) "
+            f"{name}: label grid (size {image.GetSize()}, spacing {_fmt(image.GetSpacing())}, origin {_fmt(image.GetOrigin())}) "
             f"differs from its image's (size {reference.GetSize()}, spacing {_fmt(reference.GetSpacing())}, origin {_fmt(reference.GetOrigin())})"
         )
+    return sitk.Cast(image, sitk.sitkInt32)
 
 
 def _fmt(values) -> str:
@@ -259,6 +245,17 @@ def verify_image_file(path, image: sitk.Image, data: bool = True) -> None:
         sitk.ReadImage(str(path))  # formats ITK checks itself (a short NRRD or MetaImage raises)
     elif stored.voxels != int(np.prod(image.GetSize(), dtype=np.int64)) * image.GetNumberOfComponentsPerPixel():
         raise DamagedFile(f"holds {stored.voxels} values, not the image's")
+
+
+def file_sha256(path) -> str:
+    """SHA-256 (hex) of a file's bytes, read 4 MiB at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes(data: bytes, path) -> Path:

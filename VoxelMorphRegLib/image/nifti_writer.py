@@ -36,10 +36,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import VoxelMorphRegError
+from .io import file_sha256
 from .stored_data import DamagedFile
 
 NIFTI_INTENT_DISPVECT = 1006  # NIfTI-1 intent code of a displacement vector field
-DEFAULT_COMPRESSION_LEVEL = 1  # zlib level; with Z_RLE the level hardly matters (runs only)
+DEFAULT_COMPRESSION_LEVEL = 1  # zlib level (the one measured with Z_RLE)
 _BLOCK = 1 << 22  # bytes deflated at a time (4 MiB)
 
 
@@ -65,7 +66,7 @@ def write_nifti(image: sitk.Image, path, compression_level: int = DEFAULT_COMPRE
         sitk.WriteImage(image, str(plain), False)
         _check_plain(plain, displacement)
         if plain is path:
-            return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         return _deflate(plain, path, compression_level)
     finally:
         if plain is not path and plain.exists():
@@ -125,11 +126,3 @@ def _deflate(source: Path, target: Path, level: int) -> dict:
     if target.stat().st_size != written:
         raise DamagedFile(f"holds {target.stat().st_size} of the {written} bytes written")
     return {"bytes": written, "sha256": digest.hexdigest()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()

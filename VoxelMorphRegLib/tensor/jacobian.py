@@ -59,10 +59,7 @@ def physical_jacobian_determinant(field, index_to_physical) -> torch.Tensor:
         k1 = min(k0 + SLAB_SLICES, K)
         lo, hi = max(k0 - 1, 0), min(k1 + 1, K)  # one slice of halo where there is one
         block = field[lo:hi].float() if isinstance(field, torch.Tensor) else torch.from_numpy(np.array(field[lo:hi], dtype=np.float32))
-        dims = (0, 1, 2) if hi - lo > 1 else (1, 2)
-        grads = torch.gradient(block, dim=dims)  # along k, j, i: [k, J, I, 3] each (component r last)
-        if hi - lo == 1:
-            grads = (torch.zeros_like(block), *grads)
+        grads = torch.gradient(block, dim=(0, 1, 2))  # along k, j, i: [k, J, I, 3] each (component r last)
         g_k, g_j, g_i = (g[k0 - lo:k0 - lo + (k1 - k0)] for g in grads)
         # A[r][c] = M[r][c] + dU_r / d index_c, index order (i, j, k)
         a = [[g_i[..., r] + M[r, 0], g_j[..., r] + M[r, 1], g_k[..., r] + M[r, 2]] for r in range(3)]
