@@ -1,11 +1,12 @@
-"""Seconds and bytes of deflating a register's outputs with zlib's strategies (one thread each).
+"""Seconds and bytes of deflating a register's outputs with ISA-L and zlib's strategies (one thread each).
 
     python bench/deflate_strategies.py OUT_FOLDER_OF_A_REGISTER
 
-Behind the choice of Z_RLE in ``VoxelMorphRegLib/image/nifti_writer.py``: each output's voxel
-data (the fields as float32, as they are written) is deflated into a gzip stream at level 1 with
-the default strategy, with Z_RLE and with Z_HUFFMAN_ONLY, and at level 6; median of 3. Run it on
-a quiet machine.
+Behind the choice of ISA-L level 1, and of zlib's Z_RLE without ISA-L, in
+``VoxelMorphRegLib/image/gzip_streams.py``: each output's voxel data (the fields as float32, as
+they are written) is deflated into a gzip stream by ISA-L at levels 0-2 (when the ``isal`` package
+is installed) and by zlib at level 1 with the default strategy, with Z_RLE and with Z_HUFFMAN_ONLY,
+and at level 6; median of 3. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -19,12 +20,27 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-CHOICES = [("level 1, default strategy", 1, zlib.Z_DEFAULT_STRATEGY), ("level 1, Z_RLE (written)", 1, zlib.Z_RLE),
-           ("level 1, Z_HUFFMAN_ONLY", 1, zlib.Z_HUFFMAN_ONLY), ("level 6, default strategy", 6, zlib.Z_DEFAULT_STRATEGY)]
+try:
+    from isal import isal_zlib
+except ImportError:
+    isal_zlib = None
 
 
-def deflate(data: bytes, level: int, strategy: int) -> int:
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 31, 8, strategy)
+def _zlib(level, strategy):
+    return lambda: zlib.compressobj(level, zlib.DEFLATED, 31, 8, strategy)
+
+
+def _isal(level):
+    return lambda: isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
+
+
+CHOICES = ([(f"ISA-L level {level}" + (" (written)" if level == 1 else ""), _isal(level)) for level in (0, 1, 2)] if isal_zlib else []) + [
+    ("zlib level 1, default strategy", _zlib(1, zlib.Z_DEFAULT_STRATEGY)), ("zlib level 1, Z_RLE" + ("" if isal_zlib else " (written)"), _zlib(1, zlib.Z_RLE)),
+    ("zlib level 1, Z_HUFFMAN_ONLY", _zlib(1, zlib.Z_HUFFMAN_ONLY)), ("zlib level 6, default strategy", _zlib(6, zlib.Z_DEFAULT_STRATEGY))]
+
+
+def deflate(data: bytes, make_compressor) -> int:
+    compressor = make_compressor()
     size = 0
     for start in range(0, len(data), 1 << 22):
         size += len(compressor.compress(data[start:start + (1 << 22)]))
@@ -34,7 +50,7 @@ def deflate(data: bytes, level: int, strategy: int) -> int:
 def main(argv=None) -> int:
     folder = Path((argv or sys.argv[1:])[0])
     print(f"outputs of {folder}")
-    print(f"{'file':28s} {'MB raw':>7s}  {'choice':28s} {'seconds':>8s} {'MB':>7s}")
+    print(f"{'file':28s} {'MB raw':>7s}  {'choice':32s} {'seconds':>8s} {'MB':>7s}")
     for name in ("warped.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz", "jacobian.nii.gz", "warped_labels.nii.gz"):
         path = folder / name
         if not path.exists():
@@ -43,13 +59,13 @@ def main(argv=None) -> int:
         if "displacement" in name:
             array = array.astype(np.float32)
         data = np.ascontiguousarray(array).tobytes()
-        for label, level, strategy in CHOICES:
+        for label, make_compressor in CHOICES:
             times = []
             for _ in range(3):
                 started = time.perf_counter()
-                size = deflate(data, level, strategy)
+                size = deflate(data, make_compressor)
                 times.append(time.perf_counter() - started)
-            print(f"{name:28s} {len(data) / 1e6:7.1f}  {label:28s} {statistics.median(times):8.3f} {size / 1e6:7.1f}")
+            print(f"{name:28s} {len(data) / 1e6:7.1f}  {label:32s} {statistics.median(times):8.3f} {size / 1e6:7.1f}")
     return 0
 
 

@@ -23,9 +23,23 @@ def _volume(dtype=np.float32):
     return image, array
 
 
+@pytest.fixture(params=["isal", "zlib"])
+def deflater(request, monkeypatch):
+    """Write with ISA-L's deflate (when installed) and with zlib's (Z_RLE), as inside Slicer."""
+    from VoxelMorphRegLib.image import gzip_streams
+
+    if request.param == "isal":
+        if gzip_streams.isal_zlib is None:
+            pytest.skip("the isal package is not installed")
+    else:
+        monkeypatch.setattr(gzip_streams, "isal_zlib", None)
+    assert gzip_streams.deflater_name() == ("isal" if request.param == "isal" else "zlib-rle")
+    return request.param
+
+
 @pytest.mark.parametrize("name", ["warped.nii.gz", "warped.nii"])
 @pytest.mark.parametrize("dtype", [np.float32, np.int16])
-def test_written_file_reads_back_exactly_and_its_hash_is_the_files(tmp_path, name, dtype):
+def test_written_file_reads_back_exactly_and_its_hash_is_the_files(tmp_path, name, dtype, deflater):
     image, array = _volume(dtype)
     path = tmp_path / name
     entry = write_nifti(image, path)
@@ -67,3 +81,25 @@ def test_only_nifti_names(tmp_path):
     image, _ = _volume()
     with pytest.raises(ValueError, match="not a NIfTI file name"):
         write_nifti(image, tmp_path / "warped.nrrd")
+
+
+def test_a_displacement_field_written_by_either_deflater_reads_back_the_same(tmp_path, monkeypatch):
+    """The two deflaters give different bytes but the same field (RAS on disk, LPS back in ITK)."""
+    from VoxelMorphRegLib.image import gzip_streams
+
+    if gzip_streams.isal_zlib is None:
+        pytest.skip("the isal package is not installed")
+    rng = np.random.default_rng(1)
+    field = np.round(rng.normal(size=(12, 14, 16, 3)) * 1024) / 1024
+    image = sitk.GetImageFromArray(field, isVector=True)
+    image.SetSpacing((1.0, 1.5, 2.0))
+    entries = {}
+    entries["isal"] = write_nifti(image, tmp_path / "isal.nii.gz", displacement=True, float32=True)
+    monkeypatch.setattr(gzip_streams, "isal_zlib", None)
+    entries["zlib"] = write_nifti(image, tmp_path / "zlib.nii.gz", displacement=True, float32=True)
+    assert entries["isal"]["sha256"] != entries["zlib"]["sha256"]
+    raw = {name: gzip.decompress((tmp_path / f"{name}.nii.gz").read_bytes()) for name in entries}
+    assert raw["isal"] == raw["zlib"]  # the same NIfTI inside
+    for name in entries:
+        back = sitk.ReadImage(str(tmp_path / f"{name}.nii.gz"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back), field)

@@ -4,17 +4,15 @@ A run's outputs (a 160x192x224 pair: two displacement fields of 83 MB, three vol
 are mostly bytes to deflate. :func:`write_nifti` lets ITK write the uncompressed ``.nii`` (header
 and voxels, a fraction of a second), checks that every byte of voxel data the header declares is
 on disk (ITK's NIfTI writer does not report a short write on a full disk), and then, for
-``.nii.gz``, deflates it with zlib in the calling thread (zlib releases Python's lock, so an
-output set's files compress side by side) with the ``Z_RLE`` strategy. On a 160x192x224 register's outputs it deflates a displacement
-field in 0.67 s instead of 1.28 s (zlib's default strategy at the same level 1) into 50.3 MB
-instead of 45.0 MB, the warped image in 0.08 s instead of 0.19 s at the same size; all outputs
-together are 124 MB instead of 110 MB (``python bench/deflate_strategies.py``,
-``bench/results/deflate-strategies-2026-12-03-epyc.txt``). The SHA-256 of the bytes written is
+``.nii.gz``, deflates it in the calling thread at level 1 (:mod:`.gzip_streams`: ISA-L where the
+``isal`` package is installed, zlib with the ``Z_RLE`` strategy otherwise; both release Python's
+lock, so an output set's files compress side by side; seconds and sizes there). The SHA-256 of the bytes written is
 taken while they are written, so nothing is read back: an error of the write itself raises, and
 the stream is complete (end marker, CRC and length) because this code wrote it.
 
-Every reader of gzip reads these files (ITK, Slicer, ANTs, nibabel, FSL): a ``Z_RLE`` stream is
-ordinary deflate, only the encoder's search for repeats is restricted to runs.
+Every reader of gzip reads these files (ITK, Slicer, ANTs, nibabel, FSL): both libraries write
+ordinary gzip streams (a ``Z_RLE`` stream is ordinary deflate, only the encoder's search for
+repeats is restricted to runs).
 
 Displacement fields (``displacement=True``) go out as NIfTI displacement vectors, intent 1006:
 a 1006 file holds its vectors in RAS, ITK 5.4 (the one in SimpleITK and ANTs) and Slicer's ITK
@@ -29,18 +27,18 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import VoxelMorphRegError
+from .gzip_streams import DEFAULT_LEVEL, gzip_compressor
 from .io import file_sha256
 from .stored_data import DamagedFile
 
 NIFTI_INTENT_DISPVECT = 1006  # NIfTI-1 intent code of a displacement vector field
-DEFAULT_COMPRESSION_LEVEL = 1  # zlib level (the one measured with Z_RLE)
+DEFAULT_COMPRESSION_LEVEL = DEFAULT_LEVEL
 _BLOCK = 1 << 22  # bytes deflated at a time (4 MiB)
 
 
@@ -109,7 +107,7 @@ def _check_plain(plain: Path, displacement: bool) -> None:
 def _deflate(source: Path, target: Path, level: int) -> dict:
     digest = hashlib.sha256()
     written = 0
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 8, zlib.Z_RLE)  # 16 + 15: a gzip stream
+    compressor = gzip_compressor(level)
     with open(source, "rb") as reader, open(target, "wb") as writer:
         for block in iter(lambda: reader.read(_BLOCK), b""):
             data = compressor.compress(block)

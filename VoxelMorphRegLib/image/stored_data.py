@@ -3,7 +3,8 @@
 ITK's NIfTI reader reads a ``.nii`` or ``.nii.gz`` cut short with the missing voxels as zeros and
 turns NaN and infinite voxels into 0; its MetaImage reader prints to stderr before failing on a
 truncated ``.mha``. :func:`scan_file` reads the voxel data of these formats the way they are
-stored, with NumPy and Python's gzip/zlib (which check a compressed stream's end and CRC), and
+stored, with NumPy and ISA-L's or Python's gzip/zlib (:mod:`.gzip_streams`; both check a compressed
+stream's end and CRC), and
 raises :class:`DamagedFile` for data that is cut short or corrupt. It also counts the non-finite
 voxels of floating-point data, which the caller refuses. Other formats (NRRD, DICOM...) are
 left to ITK, whose readers report short data themselves.
@@ -12,13 +13,14 @@ left to ITK, whose readers report short data themselves.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .gzip_streams import STREAM_ERRORS, open_gzip
 
 CHUNK = 1 << 23  # bytes read at a time (8 MiB)
 
@@ -72,7 +74,7 @@ def _stream_errors():
         yield
     except EOFError:
         raise DamagedFile("is truncated: its compressed stream ends early") from None
-    except (zlib.error, gzip.BadGzipFile) as exc:
+    except STREAM_ERRORS as exc:
         raise DamagedFile(f"is corrupt: its compressed data cannot be decompressed ({str(exc).strip() or type(exc).__name__})") from None
 
 
@@ -103,8 +105,7 @@ def _drain(stream) -> None:
 
 def _scan_nifti(path: Path) -> StoredData:
     compressed = _is_gzip(path)
-    opener = gzip.open if compressed else open
-    with _stream_errors(), opener(path, "rb") as stream:
+    with _stream_errors(), (open_gzip(path) if compressed else open(path, "rb")) as stream:
         head = stream.read(540)
         for order in "<>":
             size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0

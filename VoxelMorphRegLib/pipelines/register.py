@@ -39,10 +39,10 @@ from .loaded_model import DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS, Load
 # (a 160x192x224 field: 1.6 s instead of 3.4 s at level 1, quiet 2-core CPU); reading one back as
 # sitk.sitkVectorFloat64 (what sitk.DisplacementFieldTransform takes) gives the same numbers.
 FIELD_QUANTUM_MM = 1.0 / 1024
-# gzip level of the .nii.gz outputs, deflated with zlib's Z_RLE strategy (image/nifti_writer.py).
-# A 160x192x224 displacement field as float32 (82.6 MB) on the quiet 2-core AMD CPU: level 1 with
-# zlib's default strategy 1.28 s / 45.0 MB, Z_RLE 0.67 s / 50.3 MB, level 6 8.6 s / 41.9 MB
-# (python bench/deflate_strategies.py; bench/results/deflate-strategies-2026-12-03-epyc.txt).
+# gzip level of the .nii.gz outputs (image/gzip_streams.py: ISA-L, or zlib with Z_RLE without it).
+# A 160x192x224 displacement field as float32 (82.6 MB) on the quiet 2-core AMD CPU at level 1:
+# ISA-L 0.22 s / 44.5 MB, zlib Z_RLE 0.87 s / 50.3 MB, zlib level 6 8.3 s / 41.9 MB
+# (python bench/deflate_strategies.py; bench/results/deflate-strategies-2026-12-04-epyc.txt).
 COMPRESSION_LEVEL = 1
 
 
