@@ -19,6 +19,7 @@ from VoxelMorphRegLib.image.displacement import (
     physical_points,
     physical_to_flow,
     vector_image,
+    warp_through,
 )
 from VoxelMorphRegLib.image.model_grid import model_grid, orientation_of
 from VoxelMorphRegLib.tensor.synthesis import random_velocity
@@ -63,6 +64,46 @@ def test_tensor_warp_equals_itk_resample_through_the_physical_field(oblique_imag
     # and a sign error would be caught: the opposite field gives a clearly different image
     wrong = sitk.GetArrayFromImage(sitk.Resample(oblique_image, oblique_image, displacement_transform(vector_image(-flow_to_physical(flow, oblique_image), oblique_image)), sitk.sitkLinear, 0.0))
     assert np.abs(wrong - ours).max() > 0.1
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_warp_through_the_field_is_itk_resample_through_its_transform_and_points_the_right_way(oblique_image, labels):
+    """register warps with warp_through (ITK's WarpImageFilter): the image at p + u(p), u read at
+    each fixed voxel, 0 where that leaves the moving image -- what Resample through the
+    DisplacementFieldTransform gives, on a moving grid of another size, spacing and direction."""
+    moving = blob_volume(size=(31, 29, 32), spacing=(1.4, 1.0, 1.3), direction=rotation(0.25, -0.1, 0.45), origin=(11.0, -19.0, 4.0), seed=3)
+    if labels:
+        moving = sitk.Cast(sitk.BinaryThreshold(moving, 0.3, 10.0, 7, 0) + sitk.BinaryThreshold(moving, 0.6, 10.0, 2, 0), sitk.sitkInt32)
+    field = vector_image(flow_to_physical(smooth_flow(oblique_image.GetSize()[::-1], magnitude=3.0, seed=5), oblique_image) + np.array([2.0, -1.5, 3.0]), oblique_image)
+    ours = warp_through(moving, field, labels=labels)
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    theirs = sitk.Resample(moving, oblique_image, displacement_transform(field), interpolator, 0.0, moving.GetPixelID())
+    assert ours.GetPixelID() == moving.GetPixelID() and ours.GetSize() == oblique_image.GetSize()
+    for get in ("GetOrigin", "GetSpacing", "GetDirection"):
+        assert np.allclose(getattr(ours, get)(), getattr(oblique_image, get)())
+    a, b = sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs)
+    assert (a == 0).mean() > 0.05 and (a != 0).mean() > 0.1  # some voxels map outside the moving image
+    if labels:
+        np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # the fixed voxel p takes the moving value at p + u(p), not p - u(p)
+    u = sitk.GetArrayViewFromImage(field)
+    points = physical_points(oblique_image)
+    differs = 0
+    inside = np.argwhere(a != 0)
+    for k, j, i in inside[:: max(1, len(inside) // 6)][:6]:
+        there = _value_at(moving, points[k, j, i] + u[k, j, i], interpolator)
+        assert there != 0 and np.isclose(a[k, j, i], there, atol=1e-5)
+        differs += not np.isclose(a[k, j, i], _value_at(moving, points[k, j, i] - u[k, j, i], interpolator), atol=1e-3)
+    assert differs >= 4
+
+
+def _value_at(image, point, interpolator):
+    """``image`` at one physical point (a one-voxel Resample, identity transform)."""
+    probe = sitk.Image([1, 1, 1], image.GetPixelID())
+    probe.SetOrigin([float(c) for c in point])
+    return sitk.GetArrayFromImage(sitk.Resample(image, probe, sitk.Transform(3, sitk.sitkIdentity), interpolator, 0.0, image.GetPixelID()))[0, 0, 0]
 
 
 def affine_transform(seed=0):

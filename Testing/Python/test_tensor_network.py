@@ -1,5 +1,6 @@
 """U-Net velocity network, Jacobians and losses."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,23 @@ def test_jacobian_of_identity_scaling_and_fold():
     flip = torch.stack([torch.zeros_like(k), torch.zeros_like(j), -2.0 * i])[None]  # i -> -i: folded
     stats = folding_statistics(jacobian_determinant(flip))
     assert stats["folding_fraction"] == 1.0 and stats["folded_voxels"] == 1000
+
+
+@pytest.mark.parametrize("folds", [0, 37])
+def test_folding_statistics_are_those_of_the_determinant(folds):
+    rng = np.random.default_rng(folds)
+    det = np.exp(rng.normal(0.0, 0.2, size=(12, 14, 16))).astype(np.float32)
+    det.flat[rng.choice(det.size, folds, replace=False)] = -rng.random(folds).astype(np.float32)
+    stats = folding_statistics(torch.from_numpy(det))
+    positive = det[det > 0]
+    assert stats["folded_voxels"] == folds and stats["folding_fraction"] == pytest.approx(folds / det.size)
+    assert stats["std_log_jacobian"] == pytest.approx(np.log(positive.astype(np.float64)).std(ddof=1), rel=1e-4)
+    assert stats["jacobian_min"] == pytest.approx(float(det.min())) and stats["jacobian_max"] == pytest.approx(float(det.max()))
+    mask = torch.zeros(det.shape, dtype=torch.bool)
+    mask[2:8] = True
+    masked = folding_statistics(torch.from_numpy(det), mask)
+    assert masked["folded_voxels"] == int((det[2:8] <= 0).sum())
+    assert masked["std_log_jacobian"] == pytest.approx(np.log(det[2:8][det[2:8] > 0].astype(np.float64)).std(ddof=1), rel=1e-4)
 
 
 def test_lncc_is_bounded_and_prefers_aligned_images():

@@ -96,6 +96,22 @@ def compose_inverse_on_moving(inverse_deformable: sitk.Image | None, affine: sit
     return _sampled_field(sitk.CompositeTransform(parts), moving)
 
 
+def warp_through(image: sitk.Image, displacement: sitk.Image, labels: bool = False) -> sitk.Image:
+    """``image`` at ``p + u(p)`` for every voxel ``p`` of ``displacement``'s grid (``u``: LPS mm,
+    fixed -> moving): the moving image brought onto the fixed grid, 0 where ``p + u(p)`` leaves it.
+
+    The same image as ``sitk.Resample(image, displacement, displacement_transform(displacement))``
+    (ITK's WarpImageFilter reads ``u`` at each output voxel instead of interpolating it through a
+    transform, and checks "inside" the same way), in about half the time and without the copy of
+    the field a transform takes. Linear interpolation into float32, or nearest neighbour keeping
+    the label map's pixel type with ``labels``."""
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    if not labels and image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    return sitk.Warp(image, displacement, interpolator, displacement.GetSize(), displacement.GetOrigin(), displacement.GetSpacing(),
+                     displacement.GetDirection(), 0.0)
+
+
 def displacement_transform(field: sitk.Image) -> sitk.DisplacementFieldTransform:
     """A ``DisplacementFieldTransform`` over a copy of ``field`` (the transform takes its buffer)."""
     return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))

@@ -3,7 +3,7 @@
 Stages: read and check -> affine pre-alignment (SimpleITK) -> both images onto the model grid
 -> network velocity (and optional refinement) -> integration -> the displacement brought to the
 fixed image's own grid in mm and composed with the affine into ONE field -> warped image and
-labels through that field with ``sitk.Resample`` -> Jacobian, metrics, files, QC figure.
+labels through that field (ITK's WarpImageFilter) -> Jacobian, metrics, files, QC figure.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .. import contract
 from ..contract import Done, Message, Progress, RegisterOptions, Stage, no_events
 from ..errors import CancelledError
 from ..image.affine import affine_register
-from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, displacement_transform, flow_to_physical, vector_image
+from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, flow_to_physical, vector_image, warp_through
 from ..image.io import ensure_output_folder
 from ..image.nifti_writer import write_nifti
 from ..image.output_set import OutputSet, add_to_committed_set
@@ -222,11 +222,10 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         inverse_displacement = vector_image(_quantised(compose_inverse_on_moving(inverse_deformable, affine, moving)), moving)
 
     stages.start("warp", 78, "warping the moving image (and labels) onto the fixed grid")
-    transform = displacement_transform(displacement)
-    warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    warped = warp_through(moving, displacement)
     warped_labels = None
     if moving_labels is not None:
-        warped_labels = sitk.Resample(moving_labels, fixed, transform, sitk.sitkNearestNeighbor, 0, moving_labels.GetPixelID())
+        warped_labels = warp_through(moving_labels, displacement, labels=True)
 
     stages.start("metrics", 85, "Jacobian determinant and metrics")
     determinant = jacobian_of(displacement)
