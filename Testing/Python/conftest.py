@@ -71,3 +71,19 @@ def shared_data():
     if not (SHARED_DATA / "aseg" / "subj01_norm.nii.gz").exists():
         pytest.skip(f"shared data not found at {SHARED_DATA} (only on the development machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def gzip_library(request, monkeypatch):
+    """Run a test with ISA-L's deflate and inflate (when the isal package is installed) and with
+    Python's zlib, as inside Slicer where isal is not installed (image/gzip_streams.py)."""
+    from VoxelMorphRegLib.image import gzip_streams
+
+    if request.param == "isal":
+        if gzip_streams.isal_zlib is None:
+            pytest.skip("the isal package is not installed")
+    else:
+        monkeypatch.setattr(gzip_streams, "isal_zlib", None)
+        monkeypatch.setattr(gzip_streams, "igzip", None)
+    assert gzip_streams.deflater_name() == ("isal" if request.param == "isal" else "zlib-rle")
+    return request.param
