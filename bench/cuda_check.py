@@ -7,10 +7,13 @@
    passes), the whole ``register`` with ``--refine 0`` and with the model's default refinement (3
    fresh processes each after a warm-up), the batch of the 6 ordered pairs of ``--data`` with the
    CLI's default batch size (4 pairs per forward pass on CUDA); no ANTs, no Slicer path. Its table
-   goes to ``OUT/benchmark-<device>.txt``, its JSON to ``OUT/benchmark-<device>.json``.
+   goes to ``OUT/benchmark-<device>-<date>.txt``, its JSON to ``OUT/benchmark-<device>-<date>.json``.
 2. ``voxelmorphreg batch`` on the same 6 pairs with ``--batch-size 1`` and ``--batch-size 4``
    (after an untimed run that fills the file cache): pairs per second with and without batched
-   forward passes, into ``OUT/batch-sizes-<device>.txt``.
+   forward passes, into ``OUT/batch-sizes-<device>-<date>.txt``.
+
+Exit codes: 0 when every run worked; 2 without the data or the device; otherwise that of the
+failed part (a batch run with failed pairs: 1).
 
 ``--data`` is a folder with ``subjNN_norm.nii.gz`` / ``subjNN_seg.nii.gz`` and ``labels30.json``
 (default ``../shared/data/aseg``; on a device machine, a copy carried into the repository).
@@ -67,8 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="check the script (benchmark.py --smoke, one batch per size); NOT the figures")
     args = p.parse_args(argv)
     if not all((args.data / f"{s}_norm.nii.gz").exists() for s in SUBJECTS):
-        print(f"cuda_check skipped: {args.data} lacks subj01..03_norm.nii.gz")
-        return 0
+        print(f"cuda_check: {args.data} lacks subj01..03_norm.nii.gz (pass the data with --data)", file=sys.stderr)
+        return 2
     if args.device == "cuda":
         import torch
 
@@ -93,12 +96,14 @@ def main(argv=None) -> int:
         work = Path(scratch)
         pairs_csv = write_pairs_csv(args.data, [(a, b) for a in SUBJECTS for b in SUBJECTS if a != b], work / "pairs.csv")
         refine = 2 if args.smoke else 0
+        worst = 0
         lines = [f"voxelmorphreg batch --refine {refine} --device {args.device} on the 6 ordered pairs of {args.data}; one fresh process per run, wall seconds"]
         if not args.smoke:
             batch_seconds(pairs_csv, work, args.device, 1, refine)  # untimed: the file cache, CUDA's first start
         for size in (1, 4):
             runs = [batch_seconds(pairs_csv, work, args.device, size, refine) for _ in range(1 if args.smoke else 2)]
             failed = [c for _, c in runs if c]
+            worst = max([worst, *failed])
             best = min(s for s, _ in runs)
             lines.append(f"--batch-size {size}: " + ", ".join(f"{s:.2f} s" for s, _ in runs) + f"; best {best:.2f} s = {6 / best:.2f} pairs/s"
                          + (f"; exit codes {failed}" if failed else ""))
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     (args.out / f"batch-sizes-{args.device}-{stamp}.txt").write_text(text)
-    return 0
+    return worst
 
 
 if __name__ == "__main__":

@@ -41,13 +41,19 @@ def test_a_truncated_label_map_is_refused(tmp_path):
         read_labels(path)
 
 
-@pytest.mark.parametrize("where", ["middle", "crc"])
+@pytest.mark.parametrize("where", ["middle", "crc", "block type"])
 def test_corrupt_compressed_data_is_refused(tmp_path, gzip_library, where):
+    """Damage the inflater reports itself (a deflate block of the reserved type: zlib.error or
+    ISA-L's IsalError) as well as damage that only the CRC check at the end finds."""
     path = _save(blob_volume(size=(24, 20, 16)), tmp_path / "corrupt.nii.gz")
     data = bytearray(path.read_bytes())
-    spoiled = range(len(data) // 2, len(data) // 2 + 64) if where == "middle" else range(len(data) - 8, len(data) - 4)
-    for i in spoiled:
-        data[i] ^= 0x5A
+    assert data[3] == 0  # ITK's gzip header: 10 bytes, no optional fields; the first deflate block starts at byte 10
+    if where == "block type":
+        data[10] |= 0x06  # BTYPE = 11, reserved
+    else:
+        spoiled = range(len(data) // 2, len(data) // 2 + 64) if where == "middle" else range(len(data) - 8, len(data) - 4)
+        for i in spoiled:
+            data[i] ^= 0x5A
     path.write_bytes(bytes(data))
     with pytest.raises(VoxelMorphRegError, match="corrupt") as error:
         read_volume(path)

@@ -66,19 +66,22 @@ def test_tensor_warp_equals_itk_resample_through_the_physical_field(oblique_imag
     assert np.abs(wrong - ours).max() > 0.1
 
 
-@pytest.mark.parametrize("labels", [False, True])
-def test_warp_through_the_field_is_itk_resample_through_its_transform_and_points_the_right_way(oblique_image, labels):
+@pytest.mark.parametrize("labels, pixel", [(False, sitk.sitkFloat32), (False, sitk.sitkInt16), (True, sitk.sitkInt32)])
+def test_warp_through_the_field_is_itk_resample_through_its_transform_and_points_the_right_way(oblique_image, labels, pixel):
     """register warps with warp_through (ITK's WarpImageFilter): the image at p + u(p), u read at
     each fixed voxel, 0 where that leaves the moving image -- what Resample through the
     DisplacementFieldTransform gives, on a moving grid of another size, spacing and direction."""
     moving = blob_volume(size=(31, 29, 32), spacing=(1.4, 1.0, 1.3), direction=rotation(0.25, -0.1, 0.45), origin=(11.0, -19.0, 4.0), seed=3)
     if labels:
-        moving = sitk.Cast(sitk.BinaryThreshold(moving, 0.3, 10.0, 7, 0) + sitk.BinaryThreshold(moving, 0.6, 10.0, 2, 0), sitk.sitkInt32)
+        moving = sitk.Cast(sitk.BinaryThreshold(moving, 0.3, 10.0, 7, 0) + sitk.BinaryThreshold(moving, 0.6, 10.0, 2, 0), pixel)
+    elif pixel != sitk.sitkFloat32:  # an integer scan (e.g. int16 T1): warped into float32, not rounded
+        moving = sitk.Cast(moving * 1000.0, pixel)
     field = vector_image(flow_to_physical(smooth_flow(oblique_image.GetSize()[::-1], magnitude=3.0, seed=5), oblique_image) + np.array([2.0, -1.5, 3.0]), oblique_image)
     ours = warp_through(moving, field, labels=labels)
     interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
-    theirs = sitk.Resample(moving, oblique_image, displacement_transform(field), interpolator, 0.0, moving.GetPixelID())
-    assert ours.GetPixelID() == moving.GetPixelID() and ours.GetSize() == oblique_image.GetSize()
+    output = pixel if labels else sitk.sitkFloat32
+    theirs = sitk.Resample(moving, oblique_image, displacement_transform(field), interpolator, 0.0, output)
+    assert ours.GetPixelID() == output and ours.GetSize() == oblique_image.GetSize()
     for get in ("GetOrigin", "GetSpacing", "GetDirection"):
         assert np.allclose(getattr(ours, get)(), getattr(oblique_image, get)())
     a, b = sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs)
@@ -93,17 +96,17 @@ def test_warp_through_the_field_is_itk_resample_through_its_transform_and_points
     differs = 0
     inside = np.argwhere(a != 0)
     for k, j, i in inside[:: max(1, len(inside) // 6)][:6]:
-        there = _value_at(moving, points[k, j, i] + u[k, j, i], interpolator)
-        assert there != 0 and np.isclose(a[k, j, i], there, atol=1e-5)
-        differs += not np.isclose(a[k, j, i], _value_at(moving, points[k, j, i] - u[k, j, i], interpolator), atol=1e-3)
+        there = _value_at(moving, points[k, j, i] + u[k, j, i], interpolator, output)
+        assert there != 0 and np.isclose(a[k, j, i], there, atol=1e-5, rtol=1e-6)
+        differs += not np.isclose(a[k, j, i], _value_at(moving, points[k, j, i] - u[k, j, i], interpolator, output), atol=1e-3)
     assert differs >= 4
 
 
-def _value_at(image, point, interpolator):
+def _value_at(image, point, interpolator, pixel):
     """``image`` at one physical point (a one-voxel Resample, identity transform)."""
-    probe = sitk.Image([1, 1, 1], image.GetPixelID())
+    probe = sitk.Image([1, 1, 1], pixel)
     probe.SetOrigin([float(c) for c in point])
-    return sitk.GetArrayFromImage(sitk.Resample(image, probe, sitk.Transform(3, sitk.sitkIdentity), interpolator, 0.0, image.GetPixelID()))[0, 0, 0]
+    return sitk.GetArrayFromImage(sitk.Resample(image, probe, sitk.Transform(3, sitk.sitkIdentity), interpolator, 0.0, pixel))[0, 0, 0]
 
 
 def affine_transform(seed=0):

@@ -34,12 +34,13 @@ def deflater_name() -> str:
 
 def gzip_compressor(level: int = DEFAULT_LEVEL, use_isal: bool | None = None):
     """A compressor (``compress``, ``flush``) writing one gzip stream at deflate ``level``: ISA-L's
-    (levels 0-3; a higher level is taken as 3) when it is installed, else zlib's with the ``Z_RLE``
-    strategy. ``use_isal=False`` forces zlib (tests, benchmarks)."""
+    when it is installed, else zlib's with the ``Z_RLE`` strategy. ``use_isal=False`` forces zlib
+    (tests, benchmarks). ISA-L's levels are 0-3 (a level above 3 is taken as 3, below 0 as 0) and
+    its level 0 still compresses (its fastest), where zlib's level 0 stores the bytes as they are."""
     if use_isal is None:
         use_isal = isal_zlib is not None
     if use_isal:
-        return isal_zlib.compressobj(min(level, 3), isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)  # 16 + 15: a gzip stream
+        return isal_zlib.compressobj(max(0, min(level, 3)), isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)  # 16 + 15: a gzip stream
     return zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 8, zlib.Z_RLE)
 
 

@@ -415,9 +415,6 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
                     result.metrics["seconds"]["network"] = round(share, 3)  # this pair's share of the batched forward pass
                 write_outputs(out / p.name, images, result, options, pair_started, pair_log)
                 metrics = result.metrics
-                # This pair's images and results (two fields of 165 MB each on a 160x192x224 grid) are
-                # released before the next pair computes, not when its own ones replace them.
-                del images, result, prepared, velocity
                 outcome.status = "ok"
                 _metrics_outcome(outcome, metrics)
                 outcome.seconds = round(time.perf_counter() - pair_started, 3)
@@ -428,6 +425,11 @@ def run_batch(pairs, out, options: RegisterOptions | None = None, log=print, eve
                 outcome.status, outcome.error = "failed", _one_line(exc)
                 outcome.seconds = round(time.perf_counter() - pair_started, 3)
                 log(f"{prefix} failed: {outcome.error}")
+            finally:
+                # This pair's images and results (two fields of 165 MB each on a 160x192x224 grid) are
+                # released before the next pair computes, whether it succeeded or not, not when the
+                # next pair's replace them.
+                images = result = prepared = velocity = None
             _finish_pair(out, outcomes, outcome, i, total, events)
             if should_stop():
                 raise CancelledError("batch stopped")
