@@ -85,5 +85,4 @@ def gzip_library(request, monkeypatch):
     else:
         monkeypatch.setattr(gzip_streams, "isal_zlib", None)
         monkeypatch.setattr(gzip_streams, "igzip", None)
-    assert gzip_streams.deflater_name() == ("isal" if request.param == "isal" else "zlib-rle")
     return request.param

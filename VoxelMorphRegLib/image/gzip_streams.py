@@ -27,19 +27,12 @@ DEFAULT_LEVEL = 1  # deflate level: ISA-L takes 0-3, zlib 0-9
 STREAM_ERRORS: tuple = (zlib.error, gzip.BadGzipFile) + ((isal_zlib.error,) if isal_zlib is not None else ())
 
 
-def deflater_name() -> str:
-    """``"isal"`` or ``"zlib-rle"``: which library :func:`gzip_compressor` uses."""
-    return "isal" if isal_zlib is not None else "zlib-rle"
-
-
-def gzip_compressor(level: int = DEFAULT_LEVEL, use_isal: bool | None = None):
+def gzip_compressor(level: int = DEFAULT_LEVEL):
     """A compressor (``compress``, ``flush``) writing one gzip stream at deflate ``level``: ISA-L's
-    when it is installed, else zlib's with the ``Z_RLE`` strategy. ``use_isal=False`` forces zlib
-    (tests, benchmarks). ISA-L's levels are 0-3 (a level above 3 is taken as 3, below 0 as 0) and
-    its level 0 still compresses (its fastest), where zlib's level 0 stores the bytes as they are."""
-    if use_isal is None:
-        use_isal = isal_zlib is not None
-    if use_isal:
+    when it is installed, else zlib's with the ``Z_RLE`` strategy. ISA-L's levels are 0-3 (a level
+    above 3 is taken as 3, below 0 as 0) and its level 0 still compresses (its fastest), where
+    zlib's level 0 stores the bytes as they are."""
+    if isal_zlib is not None:
         return isal_zlib.compressobj(max(0, min(level, 3)), isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)  # 16 + 15: a gzip stream
     return zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 8, zlib.Z_RLE)
 
