@@ -3,8 +3,9 @@
 The registration itself runs as a separate process (Slicer's own Python running
 ``python -m VoxelMorphRegLib.frontends.cli register ...``), so the application stays responsive
 and a Cancel can kill it at once. Everything between the scene and that process lives in
-``VoxelMorphRegLib.mrml`` (no Qt there); this file holds only the module, its panel and the
-console-friendly logic.
+``VoxelMorphRegLib.mrml`` (no Qt there), the two panels and the rest of the Qt code in
+``VoxelMorphRegWidgets``; this file holds the module, its parameter node, the widget that holds
+the panels together, the console-friendly logic and the test that runs inside Slicer.
 """
 
 import logging
@@ -32,22 +33,18 @@ from slicer import (
     vtkMRMLTableNode,
 )
 
-try:
-    from slicer.i18n import tr as _
-    from slicer.i18n import translate
-except ImportError:  # Slicer < 5.4
-
-    def _(text):
-        return text
-
-    def translate(context, text):
-        return text
-
-
 MODULE_FOLDER = Path(__file__).resolve().parent
 # Which model "bundled" is, and what "none" means, is decided in one place (torch-free).
 from VoxelMorphRegLib.model_resolution import BUNDLED as BUNDLED_MODEL  # noqa: E402
 from VoxelMorphRegLib.model_resolution import NO_MODEL  # noqa: E402
+
+# The Qt side of the panel (importable here as before: OPTIONAL_SETTINGS, connectParametersToWidgets, the panels).
+from VoxelMorphRegWidgets.engine_panel import EnginePanel as _EnginePanel  # noqa: E402,F401
+from VoxelMorphRegWidgets.engine_setup import EngineSetup  # noqa: E402
+from VoxelMorphRegWidgets.parameter_gui import connectParametersToWidgets  # noqa: E402
+from VoxelMorphRegWidgets.register_panel import OPTIONAL_SETTINGS, VoxelMorphRegRegisterPanel  # noqa: E402,F401
+from VoxelMorphRegWidgets.train_panel import VoxelMorphRegTrainPanel  # noqa: E402
+from VoxelMorphRegWidgets.translation import _, translate  # noqa: E402
 
 
 #
@@ -133,38 +130,13 @@ class VoxelMorphRegParameterNode:
     trainFineTune: bool = False
 
 
-# Settings that are None unless the user unticks their "model default" box: parameter, spin box, check box.
-OPTIONAL_SETTINGS = (
-    ("refineIterations", "refineIterationsSpinBox", "refineIterationsDefaultCheckBox"),
-    ("integrationSteps", "integrationStepsSpinBox", "integrationStepsDefaultCheckBox"),
-    ("refineSmoothness", "refineSmoothnessSpinBox", "refineSmoothnessDefaultCheckBox"),
-    ("refineLearningRate", "refineLearningRateSpinBox", "refineLearningRateDefaultCheckBox"),
-)
-
-
-def connectParametersToWidgets(parameterNode, ui):
-    """Connect the widgets that name a parameter (``SlicerParameterName``) and return the tag that disconnects them.
-
-    ``parameterNode.connectGui(ui)`` would do the same, but before Slicer 5.10 it returns None
-    (Slicer issue 7547), so ``disconnectGui`` could never remove its connectors: they piled up at
-    every ``enter()``, and each new combo-box connector reset its combo box. The mapping built here
-    is the one ``connectGui`` builds; ``connectParametersToGui`` returns the tag in every version.
-    """
-    mapping = {}
-    for widget in ui.__dict__.values():
-        name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
-        if name:
-            mapping[str(name)] = widget
-    return parameterNode.connectParametersToGui(mapping)
-
-
 #
 # VoxelMorphRegWidget
 #
 
 
 class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: the parameter node, dependencies, the device check; the two panels do the rest."""
+    """The module panel: the parameter node and the scene's volumes; the two panels and the engine setup (VoxelMorphRegWidgets) do the rest."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -172,8 +144,7 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._deviceProbe = None
-        self._installing = False
+        self.engineSetup = None
         self.registerPanel = None
         self.trainPanel = None
 
@@ -202,10 +173,7 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
 
-        # Polls the device probe without blocking the GUI.
-        self._probeTimer = qt.QTimer()
-        self._probeTimer.setInterval(200)
-        self._probeTimer.connect("timeout()", self.onProbeTimer)
+        self.engineSetup = EngineSetup(self)  # PyTorch and MONAI on first use, the device label
 
         self.initializeParameterNode()
         self.trainPanel.updateGUI()
@@ -216,9 +184,8 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.registerPanel.cleanup()
         if self.trainPanel is not None:
             self.trainPanel.cleanup()
-        if self._deviceProbe is not None:
-            self._deviceProbe.cancel()
-        self._probeTimer.stop()
+        if self.engineSetup is not None:
+            self.engineSetup.cleanup()
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -290,65 +257,25 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.registerPanel.updateGUI()
         self.trainPanel.updateGUI()
 
-    # -- dependencies ----------------------------------------------------------------------------
+    # -- the engine's packages and devices (VoxelMorphRegWidgets.engine_setup) ---------------------
 
     @property
     def installing(self) -> bool:
-        return self._installing
+        """Whether PyTorch and MONAI are being installed (Register and Train are disabled meanwhile)."""
+        return self.engineSetup is not None and self.engineSetup.installing
 
     def ensureDependencies(self, purpose: str) -> bool:
         """Install PyTorch and MONAI if needed, with Register and Train disabled meanwhile; ``False`` if declined.
 
         Raises what the installation raises (``VoxelMorphRegError`` with what to do)."""
-        if self._installing:
-            return False
-        missingTorch = "torch" in self.logic.missingDependencies()
-        self._installing = True
-        self.updateGUIFromParameterNode()
-        slicer.app.processEvents()
-        try:
-            installed = self.logic.installDependencies(askConfirmation=True)
-        finally:
-            self._installing = False
-            self.updateGUIFromParameterNode()
-        if installed and missingTorch:
-            self.startDeviceProbe()  # torch is there now: say which devices it sees
-        if not installed:
-            message = _("{purpose} needs PyTorch and MONAI; installation was declined.").format(purpose=purpose)
-            (self.ui.statusLabel if purpose == _("Registration") else self.ui.trainStatusLabel).text = message
-        return installed
-
-    # -- device check ----------------------------------------------------------------------------
+        return self.engineSetup.ensureDependencies(purpose)
 
     def startDeviceProbe(self) -> None:
         """Ask a separate Python process which devices torch sees (never imports torch here)."""
-        from VoxelMorphRegLib.mrml.environment import DeviceProbe, missing_packages
-
-        if self._deviceProbe is not None:
-            self._deviceProbe.cancel()
-            self._deviceProbe = None
-        if missing_packages(["torch"]):
-            self.ui.deviceStatusLabel.text = _("PyTorch not installed yet (installed on first Register)")
-            return
-        try:
-            self._deviceProbe = DeviceProbe().start()
-        except OSError as exc:
-            self.ui.deviceStatusLabel.text = _("device check failed: {error}").format(error=exc)
-            self._deviceProbe = None
-            return
-        self.ui.deviceStatusLabel.text = _("checking...")
-        self._probeTimer.start()
+        self.engineSetup.startDeviceProbe()
 
     def onProbeTimer(self) -> None:
-        if self._deviceProbe is None:
-            self._probeTimer.stop()
-            return
-        info = self._deviceProbe.poll()
-        if info is not None:
-            self.ui.deviceStatusLabel.text = info.summary()
-            self.ui.deviceStatusLabel.toolTip = f"torch {info.torch or '-'}, monai {info.monai or '-'}" + (f"\n{info.error}" if info.error else "")
-            self._deviceProbe = None
-            self._probeTimer.stop()
+        self.engineSetup.onProbeTimer()
 
     # -- model list (the Register panel's; training adds to it) --------------------------------
 
@@ -369,419 +296,6 @@ class VoxelMorphRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 def isScalarVolume(node) -> bool:
     return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
-
-
-class _EnginePanel:
-    """What both panels share: the module's parameter node and whether their engine runs."""
-
-    @property
-    def parameterNode(self):
-        return self.widget._parameterNode
-
-    @property
-    def running(self) -> bool:
-        return self.runner is not None and self.runner.running
-
-
-class VoxelMorphRegRegisterPanel(_EnginePanel):
-    """The Register panel: inputs, settings, outputs, Register/Cancel, progress, fade."""
-
-    def __init__(self, widget) -> None:
-        self.widget = widget
-        self.ui = widget.ui
-        self.logic = widget.logic
-        self.runner = None
-        self.lastResult = None
-        self._updatingModels = False
-        self._updatingOptional = False
-
-        self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
-        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
-        self.ui.fadeSlider.connect("valueChanged(double)", self.onFadeChanged)
-        self.ui.progressBar.setVisible(False)
-        for name, spinBoxName, checkBoxName in OPTIONAL_SETTINGS:
-            getattr(self.ui, checkBoxName).connect("toggled(bool)", lambda checked, name=name: self.onOptionalSettingChanged(name))
-            getattr(self.ui, spinBoxName).connect("valueChanged(double)" if "Smoothness" in name or "LearningRate" in name else "valueChanged(int)",
-                                                  lambda value, name=name: self.onOptionalSettingChanged(name))
-        # Polls the engine process (progress, end of run) without blocking the GUI.
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(200)
-        self._pollTimer.connect("timeout()", self.onPollTimer)
-
-    def cleanup(self) -> None:
-        self.cancel()
-        self._pollTimer.stop()
-
-    def cancel(self) -> None:
-        if self.running:
-            self.runner.cancel()
-
-    # -- "model default" settings: None unless the box is unticked -------------------------------
-
-    def onOptionalSettingChanged(self, name) -> None:
-        p = self.parameterNode
-        if p is None or self._updatingOptional:
-            return
-        _, spinBoxName, checkBoxName = next(s for s in OPTIONAL_SETTINGS if s[0] == name)
-        spinBox = getattr(self.ui, spinBoxName)
-        value = None if getattr(self.ui, checkBoxName).checked else spinBox.value
-        setattr(p, name, None if value is None else (int(value) if isinstance(spinBox.value, int) else float(value)))
-
-    def _showOptionalSettings(self, p) -> None:
-        self._updatingOptional = True
-        try:
-            for name, spinBoxName, checkBoxName in OPTIONAL_SETTINGS:
-                value = getattr(p, name)
-                getattr(self.ui, checkBoxName).checked = value is None
-                spinBox = getattr(self.ui, spinBoxName)
-                spinBox.enabled = value is not None
-                if value is not None:
-                    spinBox.value = value
-        finally:
-            self._updatingOptional = False
-
-    # -- model list ------------------------------------------------------------------------------
-
-    def updateModelList(self) -> None:
-        """Fill the model combo box: bundled model(s), user-added checkpoints, no model."""
-        p = self.parameterNode
-        if not p:
-            return
-        self._updatingModels = True
-        try:
-            combo = self.ui.modelComboBox
-            combo.clear()
-            for label, value, tip in self.logic.modelChoices(p.userModels):
-                combo.addItem(label, value)
-                combo.setItemData(combo.count - 1, tip, qt.Qt.ToolTipRole)
-            index = combo.findData(p.model)
-            combo.currentIndex = index if index >= 0 else 0
-            if index < 0:  # e.g. a scene saved with a checkpoint that is no longer listed
-                p.model = combo.itemData(combo.currentIndex)
-        finally:
-            self._updatingModels = False
-
-    def onModelSelected(self, index) -> None:
-        if self._updatingModels or not self.parameterNode or index < 0:
-            return
-        self.parameterNode.model = self.ui.modelComboBox.itemData(index)
-
-    def onAddModel(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(self.widget.parent, _("Add a VoxelMorphReg model"), str(Path.home()), _("Model checkpoint (*.pt *.pth);;All files (*)"))
-        if path:
-            self.addModel(path, select=True)
-
-    def addModel(self, path, select: bool = True) -> None:
-        """Offer a checkpoint in the model list (and select it)."""
-        p = self.parameterNode
-        if not p:
-            return
-        path = str(path)
-        models = list(p.userModels)
-        if path not in models:
-            models.append(path)
-            p.userModels = models
-        if select:
-            p.model = path
-        self.updateModelList()
-
-    # -- GUI state -------------------------------------------------------------------------------
-
-    def updateGUI(self) -> None:
-        p = self.parameterNode
-        if not p:
-            return
-        running = self.running
-        self._showOptionalSettings(p)
-        self.ui.outputInverseTransformSelector.enabled = p.inverseTransform
-        self.ui.outputJacobianSelector.enabled = p.jacobian
-        self.ui.outputTableSelector.enabled = p.table
-        self.ui.outputSegmentationSelector.enabled = p.movingSegmentation is not None
-        for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton, self.ui.advancedCollapsibleButton, self.ui.outputsCollapsibleButton):
-            widget.enabled = not running
-        if running:
-            self.ui.registerButton.text = _("Cancel")
-            self.ui.registerButton.toolTip = _("Stop the registration; the scene is left as it was.")
-            self.ui.registerButton.enabled = True
-        elif self.widget.installing:
-            self.ui.registerButton.text = _("Register")
-            self.ui.registerButton.enabled = False
-            self.ui.registerButton.toolTip = _("Installing PyTorch and MONAI...")
-        else:
-            self.ui.registerButton.text = _("Register")
-            canRun = bool(p.fixedVolume and p.movingVolume) and p.fixedVolume is not p.movingVolume
-            self.ui.registerButton.enabled = canRun
-            if canRun:
-                self.ui.registerButton.toolTip = _("Register the moving volume onto the fixed one.")
-            elif p.fixedVolume and p.fixedVolume is p.movingVolume:
-                self.ui.registerButton.toolTip = _("The fixed and the moving volume are the same node; choose another moving volume.")
-            else:
-                self.ui.registerButton.toolTip = _("Select a fixed and a moving volume.")
-
-    def onFadeChanged(self, value) -> None:
-        from VoxelMorphRegLib.mrml import views
-
-        views.set_fade(slicer.mrmlScene, value)
-
-    # -- running ---------------------------------------------------------------------------------
-
-    def onRegisterButton(self) -> None:
-        if self.running:
-            self.ui.statusLabel.text = _("Cancelling...")
-            slicer.app.processEvents()
-            self.runner.cancel()
-            return
-        self.start()
-
-    def start(self):
-        """Start a registration with the panel's settings; returns the runner (or None if it did not start)."""
-        p = self.parameterNode
-        if not p or self.running or self.widget.installing:
-            return None
-        self.ui.logTextEdit.clear()
-        self.ui.statusLabel.text = ""
-        try:
-            if not self.widget.ensureDependencies(_("Registration")):
-                return None
-            self.runner = self.logic.register(
-                p.fixedVolume,
-                p.movingVolume,
-                movingSegmentation=p.movingSegmentation,
-                fixedSegmentation=p.fixedSegmentation,
-                model=p.model,
-                device=p.device,
-                affine=p.affine,
-                refineIterations=p.refineIterations,
-                refineSmoothness=p.refineSmoothness,
-                refineLearningRate=p.refineLearningRate,
-                integrationSteps=p.integrationSteps,
-                outputVolume=p.outputVolume,
-                outputTransform=p.outputTransform,
-                inverseTransform=p.inverseTransform,
-                outputInverseTransform=p.outputInverseTransform,
-                outputSegmentation=p.outputSegmentation,
-                jacobian=p.jacobian,
-                outputJacobian=p.outputJacobian,
-                table=p.table,
-                outputTable=p.outputTable,
-                wait=False,
-                showResult=False,
-                progressCallback=self.onProgress,
-                logCallback=self.onLogLine,
-                finishedCallback=self.onFinished,
-            )
-        except Exception as exc:  # VoxelMorphRegError, or e.g. pip failing while installing dependencies
-            self.runner = None
-            self.widget.reportStartFailure(_("Registration could not start: {message}"), self.ui.statusLabel, exc)
-            self.widget.updateGUIFromParameterNode()
-            return None
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.setVisible(True)
-        self.ui.statusLabel.text = _("Starting...")
-        self._pollTimer.start()
-        self.widget.updateGUIFromParameterNode()
-        return self.runner
-
-    def onPollTimer(self) -> None:
-        if self.running:
-            self.runner.poll()
-        if not self.running:
-            self._pollTimer.stop()
-
-    def onProgress(self, percent, stage) -> None:
-        self.ui.progressBar.value = percent
-        self.ui.progressBar.format = f"{stage} (%p%)" if stage else "%p%"
-        self.ui.statusLabel.text = stage
-
-    def onLogLine(self, line) -> None:
-        self.ui.logTextEdit.appendPlainText(line)
-
-    def onFinished(self, runner) -> None:
-        """End of a run: show the result (a failure there is reported, never leaves the panel stuck)."""
-        try:
-            self.ui.progressBar.setVisible(False)
-            if runner.state == "succeeded":
-                self.lastResult = runner.result
-                seconds = (runner.result.metrics.get("seconds") or {}).get("total")
-                done = _("Done") + (f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else "") + "."
-                self.ui.statusLabel.text = done
-                try:
-                    p = self.parameterNode
-                    self.logic.showResult(runner.result, runner.fixed_volume, runner.moving_segmentation, p.fade if p else 0.5)
-                except Exception as exc:
-                    logging.exception("VoxelMorphReg: the results could not be shown")
-                    self.ui.statusLabel.text = done + " " + _("The results are in the scene, but showing them failed: {message}").format(message=exc)
-            elif runner.state == "cancelled":
-                self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
-            else:
-                self.ui.statusLabel.text = _("Error: {message}").format(message=runner.error)
-                slicer.util.errorDisplay(_("Registration failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
-        finally:
-            self.widget.updateGUIFromParameterNode()
-
-
-class VoxelMorphRegTrainPanel(_EnginePanel):
-    """The Train panel: data from the scene or a folder, settings, Start/Stop, progress, the live plot."""
-
-    def __init__(self, widget) -> None:
-        self.widget = widget
-        self.ui = widget.ui
-        self.logic = widget.logic
-        self.runner = None
-
-        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
-        self.ui.trainFromSceneRadioButton.connect("toggled(bool)", self.updateGUI)
-        self.ui.trainDataFolderButton.connect("clicked(bool)", lambda: self.chooseFolder(self.ui.trainDataPathLineEdit))
-        self.ui.trainValidationFolderButton.connect("clicked(bool)", lambda: self.chooseFolder(self.ui.trainValidationPathLineEdit))
-        self.ui.trainVolumesSelector.connect("checkedNodesChanged()", self.updateGUI)
-        self.ui.trainDataPathLineEdit.connect("currentPathChanged(QString)", self.updateGUI)
-        self.ui.trainProgressBar.setVisible(False)
-        # Polls the training process (events, log.csv rows for the plot, end of run).
-        self._trainTimer = qt.QTimer()
-        self._trainTimer.setInterval(500)
-        self._trainTimer.connect("timeout()", self.onTrainTimer)
-
-    def cleanup(self) -> None:
-        if self.running:
-            # The engine stops when its standard input closes (the application's exit), but give it
-            # a moment to save last.pt now, then kill it.
-            self.runner.stop(wait=True, timeout=15)
-        self._trainTimer.stop()
-
-    def updateGUI(self, *args) -> None:
-        """Scene or folder inputs, Start/Stop button, inputs locked while a training runs."""
-        fromScene = self.ui.trainFromSceneRadioButton.checked
-        self.ui.trainSceneSourceWidget.setVisible(fromScene)
-        self.ui.trainFolderSourceWidget.setVisible(not fromScene)
-        running = self.running
-        for widget in (self.ui.trainFromSceneRadioButton, self.ui.trainFromFolderRadioButton, self.ui.trainSceneSourceWidget, self.ui.trainFolderSourceWidget, self.ui.trainSettingsWidget):
-            widget.enabled = not running
-        if running:
-            stopping = self.runner.stopping
-            self.ui.trainButton.text = _("Kill training") if stopping else _("Stop training")
-            self.ui.trainButton.toolTip = (
-                _("The engine is saving last.pt; click to kill it now.") if stopping else _("Stop the training; the engine saves last.pt, which is offered in the model list.")
-            )
-            self.ui.trainButton.enabled = True
-            return
-        self.ui.trainButton.text = _("Start training")
-        if self.widget.installing:
-            self.ui.trainButton.enabled = False
-            self.ui.trainButton.toolTip = _("Installing PyTorch and MONAI...")
-            return
-        if fromScene:
-            count = len(self.ui.trainVolumesSelector.checkedNodes())
-            canRun = count >= 2
-            why = _("Check at least two training volumes.")
-        else:
-            canRun = bool(self.ui.trainDataPathLineEdit.currentPath.strip())
-            why = _("Choose a training folder or CSV file.")
-        self.ui.trainButton.enabled = canRun
-        self.ui.trainButton.toolTip = _("Train in a background process; click again to stop.") if canRun else why
-
-    def chooseFolder(self, pathLineEdit) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(self.widget.parent, _("Choose a folder"), pathLineEdit.currentPath or str(Path.home()))
-        if folder:
-            pathLineEdit.currentPath = folder
-
-    def onTrainButton(self) -> None:
-        if self.running:
-            if self.runner.stopping:
-                self.runner.stop(timeout=0)  # second click: kill now (the next poll does it)
-                self.ui.trainStatusLabel.text = _("Killing the training engine...")
-            else:
-                self.runner.stop()
-                self.ui.trainStatusLabel.text = _("Stopping: the engine saves last.pt...")
-            self.updateGUI()
-            return
-        self.start()
-
-    def start(self):
-        """Start a training with the panel's settings; returns the runner (or None if it did not start)."""
-        p = self.parameterNode
-        if not p or self.running or self.widget.installing:
-            return None
-        self.ui.trainStatusLabel.text = ""
-        try:
-            if not self.widget.ensureDependencies(_("Training")):
-                return None
-            outputFolder = self.ui.trainOutputPathLineEdit.currentPath.strip() or str(self.logic.defaultTrainingFolder())
-            self.ui.trainOutputPathLineEdit.currentPath = outputFolder
-            inputs = {}
-            if self.ui.trainFromSceneRadioButton.checked:
-                inputs["volumes"] = list(self.ui.trainVolumesSelector.checkedNodes())
-                inputs["segmentations"] = list(self.ui.trainSegmentationsSelector.checkedNodes())
-                inputs["validationCount"] = p.trainValidationCount
-            else:
-                inputs["dataPath"] = self.ui.trainDataPathLineEdit.currentPath.strip() or None
-                inputs["validationPath"] = self.ui.trainValidationPathLineEdit.currentPath.strip() or None
-            self.runner = self.logic.train(
-                **inputs,
-                atlasNode=p.trainAtlas,
-                outputFolder=outputFolder,
-                steps=p.trainSteps,
-                learningRate=p.trainLearningRate,
-                similarity=p.trainSimilarity,
-                smoothnessWeight=p.trainSmoothnessWeight,
-                diceWeight=p.trainDiceWeight,
-                validateEvery=p.trainValidateEvery,
-                device=p.trainDevice,
-                initModel=self.logic.modelFile(p.model) if p.trainFineTune else None,
-                wait=False,
-                showPlot=True,
-                progressCallback=self.onTrainProgress,
-                logCallback=self.widget.registerPanel.onLogLine,
-                finishedCallback=self.onTrainFinished,
-            )
-        except Exception as exc:  # VoxelMorphRegError, or e.g. pip failing while installing dependencies
-            self.runner = None
-            self.widget.reportStartFailure(_("Training could not start: {message}"), self.ui.trainStatusLabel, exc)
-            self.widget.updateGUIFromParameterNode()
-            return None
-        self.ui.trainProgressBar.value = 0
-        self.ui.trainProgressBar.setVisible(True)
-        self.ui.trainStatusLabel.text = _("Starting...")
-        self._trainTimer.start()
-        self.updateGUI()
-        return self.runner
-
-    def onTrainTimer(self) -> None:
-        runner = self.runner
-        if runner is None or not runner.running:
-            self._trainTimer.stop()
-            return
-        if runner.plot is not None and not runner.plot.in_scene:
-            # The scene was closed: the curves go on in a new plot.
-            self.logic.attachTrainingPlot(runner)
-        runner.poll()
-        if runner.running:
-            self.updateGUI()
-
-    def onTrainProgress(self, percent, stage) -> None:
-        self.ui.trainProgressBar.value = percent
-        self.ui.trainStatusLabel.text = stage
-
-    def onTrainFinished(self, runner) -> None:
-        try:
-            self._trainTimer.stop()
-            self.ui.trainProgressBar.setVisible(False)
-            if runner.state == "succeeded":
-                self.widget.addTrainedModel(runner.checkpoint, select=True)
-                self.ui.trainStatusLabel.text = _("Done: {path} is selected as the registration model.").format(path=runner.checkpoint)
-            elif runner.state == "stopped":
-                if runner.checkpoint is not None:
-                    self.widget.addTrainedModel(runner.checkpoint, select=False)
-                    self.ui.trainStatusLabel.text = _("Stopped at step {step}; {path} was added to the model list. Start again with the same output folder to resume.").format(
-                        step=runner.step, path=runner.checkpoint
-                    )
-                else:
-                    self.ui.trainStatusLabel.text = _("Stopped before a checkpoint was saved.")
-            else:
-                self.ui.trainStatusLabel.text = _("Error: {message}").format(message=runner.error)
-                slicer.util.errorDisplay(_("Training failed: {message}").format(message=runner.error), detailedText="\n".join(runner.log[-200:]))
-        finally:
-            self.updateGUI()
 
 
 #

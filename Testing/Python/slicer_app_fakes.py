@@ -1,4 +1,4 @@
-"""Stand-ins for the parts of the Slicer application that VoxelMorphReg.py uses, on top of the real MRML.
+"""Stand-ins for the parts of the Slicer application that VoxelMorphReg.py and VoxelMorphRegWidgets use, on top of the real MRML.
 
 The module's Widget, panels and Logic run in pytest with these: widgets built from the real
 ``Resources/UI/VoxelMorphReg.ui`` (names, classes and properties as Qt Designer wrote them, with
@@ -534,6 +534,9 @@ def install(monkeypatch, temporary_path, version=(5, 6)):
     wrapper_module = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper_module.parameterNodeWrapper, wrapper_module.Choice, wrapper_module.WithinRange = parameterNodeWrapper, Choice, WithinRange
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper_module)
+    # The panels' package binds ``qt`` when it is imported: import it afresh against these stand-ins.
+    for name in [n for n in sys.modules if n == "VoxelMorphRegWidgets" or n.startswith("VoxelMorphRegWidgets.")]:
+        monkeypatch.delitem(sys.modules, name)
     spec = importlib.util.spec_from_file_location("VoxelMorphReg", ROOT / "VoxelMorphReg.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "VoxelMorphReg", module)

@@ -1,4 +1,4 @@
-"""Every Slicer API that VoxelMorphReg.py and VoxelMorphRegLib/mrml call, with the first Slicer version that has it.
+"""Every Slicer API that VoxelMorphReg.py, VoxelMorphRegWidgets and VoxelMorphRegLib/mrml call, with the first Slicer version that has it.
 
 The module supports Slicer 5.6 to 5.10 (README, CMakeLists.txt). The table below was filled by reading
 Slicer's source at the tags v5.0.0, v5.2.0, v5.4.0, v5.6.0, v5.6.2, v5.8.0, v5.8.1 and v5.10.0 (the
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = [ROOT / "VoxelMorphReg.py"] + sorted((ROOT / "VoxelMorphRegLib" / "mrml").glob("*.py"))
+FILES = [ROOT / "VoxelMorphReg.py"] + sorted((ROOT / "VoxelMorphRegWidgets").glob("*.py")) + sorted((ROOT / "VoxelMorphRegLib" / "mrml").glob("*.py"))
 OLDEST_SUPPORTED = (5, 6, 0)
 
 # "Class.member": first Slicer version that has it (read from Slicer's source, see the docstring).
@@ -175,6 +175,17 @@ SLICER_API = {
     "parameterNodeWrapper.WithinRange": "5.4.0",
     "parameterNodeWrapper.Optional": "5.4.0",
     "slicer.i18n.tr": "5.4.0",
+    "slicer.i18n.translate": "5.4.0",
+    # The scripted-module helpers the widget shell and the panels call (Base/Python/slicer/util.py,
+    # ScriptedLoadableModule.py) and the checkable node combo box of the Train panel
+    # (Libs/MRML/Widgets/qMRMLCheckableNodeComboBox.h); checked at v5.0.0, v5.6.0, v5.8.1 and v5.10.0.
+    "VTKObservationMixin.addObserver": "5.0.0",
+    "VTKObservationMixin.hasObserver": "5.0.0",
+    "VTKObservationMixin.removeObserver": "5.0.0",
+    "VTKObservationMixin.removeObservers": "5.0.0",
+    "ScriptedLoadableModuleWidget.resourcePath": "5.0.0",
+    "qMRMLCheckableNodeComboBox.checkedNodes": "5.0.0",
+    "qMRMLCheckableNodeComboBox.setCheckState": "5.0.0",
     "SampleData.downloadSample": "5.0.0",
     "ScriptedLoadableModule.ScriptedLoadableModuleTest": "5.0.0",
     # vtkAddon (built with every Slicer 5): checked in slicer-core only.
@@ -211,6 +222,10 @@ LOWER_CASE_CALLS = {
     "qSlicerApplication": re.compile(r"slicer\.app\.(layoutManager)\b"),
     "qSlicerCoreApplication": re.compile(r"slicer\.app\.(testingEnabled|temporaryPath)\b"),
     "qSlicerLayoutManager": re.compile(r"layoutManager\(\)\.(\w+)\("),
+    "slicer.i18n": re.compile(r"from slicer\.i18n import (\w+)"),
+    "VTKObservationMixin": re.compile(r"self\.(addObserver|hasObserver|removeObserver|removeObservers)\("),
+    "ScriptedLoadableModuleWidget": re.compile(r"self\.(resourcePath)\("),
+    "qMRMLCheckableNodeComboBox": re.compile(r"Selector\.(checkedNodes|setCheckState)\("),
 }
 
 
