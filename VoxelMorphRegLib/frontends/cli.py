@@ -1,4 +1,4 @@
-"""``voxelmorphreg`` command line: register, demo, train, evaluate.
+"""``voxelmorphreg`` command line: register, batch, brain-mask, demo, train, evaluate.
 
 Expected faults end with one line ``voxelmorphreg: error: <what is wrong>`` on stderr and a
 non-zero exit code, never a traceback. Progress goes to stderr; ``--quiet`` silences it.
@@ -213,6 +213,18 @@ def _run_batch(args, log, events):
     run(args, log, events, _stop_on_stdin() if getattr(args, "stop_on_stdin", False) else (lambda: False))
 
 
+def _add_brain_mask(sub):
+    from .brain_mask_command import add_parser
+
+    add_parser(sub, _add_common)
+
+
+def _run_brain_mask(args, log, events):
+    from .brain_mask_command import run
+
+    run(args, log, events)
+
+
 def _run_evaluate(args, log, events):
     from ..pipelines.evaluate import run
 
@@ -229,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_train(sub)
     _add_batch(sub)
+    _add_brain_mask(sub)
     from ..pipelines.evaluate import add_parser as add_evaluate
 
     add_evaluate(sub)
@@ -261,7 +274,7 @@ def _main(argv) -> int:
     from .. import __version__
 
     channel.emit(Started(args.command, __version__, pid=os.getpid()))
-    runners = {"register": _run_register, "demo": _run_demo, "train": _run_train, "evaluate": _run_evaluate, "batch": _run_batch}
+    runners = {"register": _run_register, "demo": _run_demo, "train": _run_train, "evaluate": _run_evaluate, "batch": _run_batch, "brain-mask": _run_brain_mask}
     try:
         runners[args.command](args, log, channel.emit)
     except VoxelMorphRegError as exc:

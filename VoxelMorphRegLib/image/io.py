@@ -105,8 +105,9 @@ def _refuse_non_finite(stored: StoredData | None, name: str) -> None:
         raise VoxelMorphRegError(f"{name}: {stored.non_finite} voxels are NaN or infinite")
 
 
-def read_volume(path, name: str | None = None) -> sitk.Image:
-    """Read a 3D scalar volume (any ITK format or a DICOM folder) as float32, with checks."""
+def read_volume(path, name: str | None = None, keep_type: bool = False) -> sitk.Image:
+    """Read a 3D scalar volume (any ITK format or a DICOM folder) as float32 (``keep_type``: in its
+    stored pixel type), with checks."""
     path = Path(path)
     name = name or str(path)
     image, stored = _read_any(path, name)
@@ -115,7 +116,7 @@ def read_volume(path, name: str | None = None) -> sitk.Image:
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     check_volume(image, name)
-    return sitk.Cast(image, sitk.sitkFloat32)
+    return image if keep_type else sitk.Cast(image, sitk.sitkFloat32)
 
 
 def read_labels(path, reference: sitk.Image | None = None, name: str | None = None) -> sitk.Image:

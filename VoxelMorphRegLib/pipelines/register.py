@@ -20,7 +20,7 @@ from .. import contract
 from ..contract import Done, Message, Progress, RegisterOptions, Stage, no_events
 from ..errors import CancelledError
 from ..image.affine import affine_register
-from ..image.displacement import compose_inverse_on_moving, compose_on_fixed, flow_to_physical, vector_image, warp_through
+from ..image.displacement import affine_parts, compose_inverse_on_moving, compose_on_fixed, flow_to_physical, moving_region, vector_image, warp_through
 from ..image.io import ensure_output_folder
 from ..image.nifti_writer import write_nifti
 from ..image.output_set import OutputSet, add_to_committed_set
@@ -30,6 +30,7 @@ from ..image.preprocessing import grid_for, image_on_grid
 from ..model_resolution import bundled_model_path, model_search_path  # noqa: F401 (re-exported)
 from ..tensor.jacobian import folding_statistics, physical_jacobian_determinant
 from ..tensor.refinement import refine_velocity, zero_velocity
+from .brain_focus import BrainFocus, apply_taper, brain_region, brains, deformable_region, focus_pair, velocity_taper
 from .label_metrics import dice_per_label
 from .memory_guard import check_memory
 from .loaded_model import DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS, LoadedModel, load_model, refinement_settings  # noqa: F401 (re-exported)
@@ -63,6 +64,8 @@ class RegistrationResult:
     warped_labels: sitk.Image | None
     affine: sitk.Transform | None
     metrics: dict = field(default_factory=dict)
+    brain_mask: sitk.Image | None = None  # the fixed scan's brain mask (uint8, fixed grid) with --brain-mask auto
+    moving_brain_mask: sitk.Image | None = None  # the moving scan's, on its own grid
 
 
 class _Stages:
@@ -94,9 +97,9 @@ class _Stages:
         return self.seconds
 
 
-def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, log, should_stop, events=no_events, inverse=True, velocity=None):
+def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, log, should_stop, events=no_events, inverse=True, velocity=None, taper=None):
     """Run the network (unless ``velocity`` is given) and the refinement on ``device``; returns
-    (flow, inverse flow or None) as NumPy, voxel units."""
+    (flow, inverse flow or None) as NumPy, voxel units. ``taper``: the brain focus's velocity weight."""
     model = loaded.module().to(device)  # a no-op where it is already there; back from the CPU after a fall-back
     refinement = loaded.refinement
     moving_t, fixed_t = moving_t.to(device), fixed_t.to(device)
@@ -132,6 +135,7 @@ def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, 
         if should_stop():
             raise CancelledError("registration cancelled")
     stages.start("integration", 65, "integrating the velocity field (scaling and squaring)")
+    velocity = apply_taper(velocity.detach(), taper)
     with torch.inference_mode():
         flow = model.flow_from_velocity(velocity, shape)
         inverse = model.inverse_flow(velocity, shape)[0].cpu().numpy() if inverse else None
@@ -150,6 +154,8 @@ class PreparedPair:
     moving_t: torch.Tensor
     seconds: dict
     elapsed: float
+    focus: BrainFocus | None = None  # the brain masks (--brain-mask)
+    taper: torch.Tensor | None = None  # the velocity's weight on the model grid when the focus is used
 
 
 def prepare_pair(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions, model: LoadedModel, log=print, should_stop=lambda: False, events=no_events, stages=None) -> PreparedPair:
@@ -161,19 +167,27 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions
     started = time.perf_counter()
     config = model.config_for(fixed)
     memory = check_memory(fixed, moving, config)  # one-line error before any work when it would not fit
-    affine = None
-    if options.affine:
-        stages.start("affine", 10, "affine pre-alignment (SimpleITK, mutual information)")
-        affine = affine_register(fixed, moving)
+    mode = getattr(options, "brain_mask", "off")
+    if mode != "off":
+        stages.start("brain_mask", 7, "brain masks (bundled brain extraction network; a stripped scan keeps its own)")
+    focus = focus_pair(fixed, moving, mode, getattr(options, "brain_mask_model", None))
+    fixed_in, moving_in = brains(focus, fixed, moving) if focus.used else (fixed, moving)
     if should_stop():
         raise CancelledError("registration cancelled")
-    stages.start("model_grid", 30, "resampling both images onto the model grid")
-    grid = grid_for(fixed, config)
-    fixed_array = image_on_grid(fixed, grid, None, config)
-    moving_array = image_on_grid(moving, grid, affine, config)
+    affine = None
+    if options.affine:
+        stages.start("affine", 10, "affine pre-alignment (SimpleITK, mutual information)" + (" of the two brains" if focus.used else ""))
+        affine = affine_register(fixed_in, moving_in)
+    if should_stop():
+        raise CancelledError("registration cancelled")
+    stages.start("model_grid", 30, "resampling both images onto the model grid" + (" around the fixed brain" if focus.used else ""))
+    grid = grid_for(brain_region(fixed, focus.fixed.mask) if focus.used else fixed, config)
+    fixed_array = image_on_grid(fixed_in, grid, None, config)
+    moving_array = image_on_grid(moving_in, grid, affine, config)
+    taper = velocity_taper(focus.fixed.mask, grid) if focus.used else None
     stages.stop()
     return PreparedPair(config, memory, affine, grid, torch.from_numpy(fixed_array)[None, None], torch.from_numpy(moving_array)[None, None],
-                        dict(stages.seconds), time.perf_counter() - started)
+                        dict(stages.seconds), time.perf_counter() - started, focus, taper)
 
 
 def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions | None = None, moving_labels: sitk.Image | None = None, fixed_labels: sitk.Image | None = None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None,
@@ -199,27 +213,32 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         stages.started -= prepared.elapsed  # seconds["total"] includes the preparation
     config, memory, affine, grid = prepared.config, prepared.memory, prepared.affine, prepared.grid
     fixed_t, moving_t = prepared.fixed_t, prepared.moving_t
+    focus, taper = prepared.focus, prepared.taper
 
     used_device, fallback = device, None
     try:
-        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, device, stages, log, should_stop, events, options.inverse, velocity)
+        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, device, stages, log, should_stop, events, options.inverse, velocity, taper)
     except torch.cuda.OutOfMemoryError:
         fallback = "CUDA ran out of memory; fell back to the CPU"
         log(f"warning: {fallback}")
         events(Message(fallback, "warning"))
         torch.cuda.empty_cache()
         used_device = torch.device("cpu")
-        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, used_device, stages, log, should_stop, events, options.inverse, velocity)
+        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, used_device, stages, log, should_stop, events, options.inverse, velocity, taper)
     if should_stop():
         raise CancelledError("registration cancelled")
 
     stages.start("field", 70, "composing the displacement with the affine on the fixed grid")
+    # With the brain focus the deformation is zero outside a box around the fixed brain: only that box
+    # goes through ITK's composition (and the Jacobian), the rest of the grid is the affine's field.
+    region = deformable_region(fixed, focus.fixed.mask) if focus is not None and focus.used else None
     deformable = vector_image(flow_to_physical(flow, grid), grid)
-    displacement = vector_image(_quantised(compose_on_fixed(deformable, affine, fixed)), fixed)
+    displacement = vector_image(_quantised(compose_on_fixed(deformable, affine, fixed, region)), fixed)
     inverse_displacement = None  # options.inverse False (--no-inverse): neither computed nor written
     if inverse_flow is not None:
         inverse_deformable = vector_image(flow_to_physical(inverse_flow, grid), grid)
-        inverse_displacement = vector_image(_quantised(compose_inverse_on_moving(inverse_deformable, affine, moving)), moving)
+        inverse_region = moving_region(fixed, region, affine, moving) if region is not None else None
+        inverse_displacement = vector_image(_quantised(compose_inverse_on_moving(inverse_deformable, affine, moving, inverse_region)), moving)
 
     stages.start("warp", 78, "warping the moving image (and labels) onto the fixed grid")
     warped = warp_through(moving, displacement)
@@ -228,7 +247,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         warped_labels = warp_through(moving_labels, displacement, labels=True)
 
     stages.start("metrics", 85, "Jacobian determinant and metrics")
-    determinant = jacobian_of(displacement)
+    determinant = jacobian_of(displacement, region, affine)
     jacobian = sitk.GetImageFromArray((np.round(determinant.numpy() * 4096) / 4096).astype(np.float32))
     jacobian.CopyInformation(fixed)
     metrics = {
@@ -246,8 +265,11 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         "refine_learning_rate": refinement["learning_rate"],
         "refine_coarse_iterations": refinement.get("coarse_iterations", 0),
         "integration_steps": steps,
-        **folding_statistics(determinant),
+        **folding_statistics(determinant, _brain_voxels(focus)),
+        "folding_region": "fixed brain mask" if focus is not None and focus.used else "whole fixed grid",
     }
+    if focus is not None and focus.fixed is not None:
+        metrics["brain_mask"] = focus.describe()
     if fallback:
         metrics["fallback"] = fallback
     if affine is not None:
@@ -257,18 +279,40 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
     if fixed_labels is not None and moving_labels is not None:
         metrics["dice"] = _dice_report(fixed_labels, moving_labels, affine, warped_labels)
     metrics["seconds"] = stages.total()
-    return RegistrationResult(warped, displacement, inverse_displacement, jacobian, warped_labels, affine, metrics)
+    fixed_mask = focus.fixed.mask if focus is not None and focus.fixed is not None else None
+    moving_mask = focus.moving.mask if focus is not None and focus.moving is not None else None
+    return RegistrationResult(warped, displacement, inverse_displacement, jacobian, warped_labels, affine, metrics, fixed_mask, moving_mask)
 
 
-def jacobian_of(displacement: sitk.Image) -> torch.Tensor:
+def _brain_voxels(focus):
+    """The fixed brain as a torch mask where the focus is used (Jacobian and folding inside it), else None."""
+    if focus is None or not focus.used:
+        return None
+    return torch.from_numpy(sitk.GetArrayViewFromImage(focus.fixed.mask) > 0)
+
+
+def jacobian_of(displacement: sitk.Image, region=None, affine: sitk.Transform | None = None) -> torch.Tensor:
     """det J of ``p -> p + u(p)`` for a displacement image ``u`` (LPS mm) on its own grid, ``[K, J, I]``.
 
     Differences are taken along the grid's index axes and combined with its direction and spacing
     (``det J = det(M + G) / det M``, tensor/jacobian.py), so they are right on oblique, anisotropic
-    grids too (see docs/GEOMETRY.md); evaluate uses it for ANTs' field."""
+    grids too (see docs/GEOMETRY.md); evaluate uses it for ANTs' field. ``region`` (``(low, size)``,
+    with ``affine``): the box outside which ``u`` is the affine's field, whose determinant is det A:
+    only the box (and a voxel around it) is differentiated."""
     from ..image.displacement import index_to_physical_matrix
 
-    return physical_jacobian_determinant(sitk.GetArrayViewFromImage(displacement), index_to_physical_matrix(displacement))
+    field = sitk.GetArrayViewFromImage(displacement)
+    matrix = index_to_physical_matrix(displacement)
+    if region is None:
+        return physical_jacobian_determinant(field, matrix)
+    (i0, j0, k0), (ni, nj, nk) = region
+    out = torch.full(field.shape[:3], float(np.linalg.det(affine_parts(affine)[0])), dtype=torch.float32)
+    lo = [max(v - 1, 0) for v in (k0, j0, i0)]
+    hi = [min(v + n + 1, size) for v, n, size in zip((k0, j0, i0), (nk, nj, ni), field.shape[:3])]
+    block = physical_jacobian_determinant(field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], matrix)
+    inner = tuple(slice(v - low, v - low + n) for v, low, n in zip((k0, j0, i0), lo, (nk, nj, ni)))
+    out[k0:k0 + nk, j0:j0 + nj, i0:i0 + ni] = block[inner]
+    return out
 
 
 def _quantised(field: np.ndarray) -> np.ndarray:
