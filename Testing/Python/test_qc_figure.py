@@ -91,3 +91,22 @@ def test_draw_qc_gives_a_png(case):
     fixed, moving, result = case
     result.metrics = {"model": "m.pt", "device": "cpu", "folding_fraction": 0.0, "std_log_jacobian": 0.1, "seconds": {"total": 1.0}}
     assert qc_figure.draw_qc(fixed, moving, result)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_brain_masks_are_outlined_on_the_planes_they_belong_to(case):
+    fixed, moving, result = case
+    fixed_mask = sitk.Cast(sitk.BinaryThreshold(result.warped, 0.45, 10.0), sitk.sitkUInt8)
+    moving_mask = sitk.Cast(sitk.BinaryThreshold(moving, 0.5, 10.0), sitk.sitkUInt8)
+    focused = SimpleNamespace(**{**vars(result), "brain_mask": fixed_mask, "moving_brain_mask": moving_mask,
+                                 "metrics": {"brain_mask": {"used": True, "fixed": {"volume_ml": 1.0}, "moving": {"volume_ml": 1.0}}, "folding_region": "fixed brain mask"}})
+    planes = qc_figure.qc_planes(fixed, moving, focused)
+    fixed_cut = _reference_planes(fixed_mask)
+    moving_cut = _reference_planes(resample_to(moving_mask, fixed, result.affine, labels=True))
+    for index, plane in enumerate(planes):
+        np.testing.assert_array_equal(plane["fixed_mask"], fixed_cut[index])
+        np.testing.assert_array_equal(plane["moving_mask"], moving_cut[index])
+        assert 0 < plane["fixed_mask"].mean() < 1
+    assert qc_figure.draw_qc(fixed, moving, focused).startswith(b"\x89PNG")
+    assert "brain masks (cyan)" in qc_figure._summary(focused.metrics)
+    unused = SimpleNamespace(**{**vars(result), "brain_mask": fixed_mask, "moving_brain_mask": moving_mask, "metrics": {"brain_mask": {"used": False}}})
+    assert "fixed_mask" not in qc_figure.qc_planes(fixed, moving, unused)[0]  # stripped pairs: nothing to outline

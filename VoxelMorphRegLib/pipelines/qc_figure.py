@@ -82,7 +82,20 @@ def qc_planes(fixed: sitk.Image, moving: sitk.Image, result) -> list[dict]:
             "jacobian": _plane(result.jacobian, slab, interpolator=sitk.sitkNearestNeighbor),
             "mapped": points + _plane(result.displacement, slab),
             "aspect": _aspect(slab),
+            **_mask_planes(result, slab),
         })
+    return planes
+
+
+def _mask_planes(result, slab) -> dict:
+    """The brain masks' planes (fixed mask on the fixed grid, the moving one through the affine) when
+    the registration used them (``--brain-mask auto`` with a whole head), else nothing."""
+    used = (getattr(result, "metrics", None) or {}).get("brain_mask", {}).get("used")
+    if not used or getattr(result, "brain_mask", None) is None:
+        return {}
+    planes = {"fixed_mask": _plane(result.brain_mask, slab, interpolator=sitk.sitkNearestNeighbor)}
+    if getattr(result, "moving_brain_mask", None) is not None:
+        planes["moving_mask"] = _plane(result.moving_brain_mask, slab, result.affine, interpolator=sitk.sitkNearestNeighbor)
     return planes
 
 
@@ -113,6 +126,9 @@ def draw_qc(fixed: sitk.Image, moving: sitk.Image, result, title: str | None = N
                 ax.set_title(columns[col], color="white", fontsize=11)
             if col < 3:
                 ax.imshow(plane[("fixed", "before", "warped")[col]], cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="bilinear")
+                outline = plane.get(("fixed_mask", "moving_mask", "fixed_mask")[col])
+                if outline is not None and 0 < outline.max():
+                    ax.contour(outline, levels=[0.5], colors="cyan", linewidths=0.8)
             elif col == 3:
                 f, w = plane["fixed"], plane["warped"]
                 ax.imshow(np.stack([f, w, f], axis=-1), aspect=aspect, interpolation="bilinear")
@@ -148,7 +164,10 @@ def _summary(metrics: dict) -> str:
     dice = metrics.get("dice")
     if dice and dice.get("mean_after") is not None:
         parts.append(f"mean Dice {dice['mean_before']:.3f} -> {dice['mean_after']:.3f}")
-    parts.append(f"folded voxels {100 * metrics.get('folding_fraction', 0):.3f}%")
+    parts.append(f"folded voxels {100 * metrics.get('folding_fraction', 0):.3f}%" + (" in the brain" if metrics.get("folding_region") == "fixed brain mask" else ""))
+    focus = metrics.get("brain_mask") or {}
+    if focus.get("used"):
+        parts.append(f"brain masks (cyan) {focus['fixed']['volume_ml']:.0f} / {focus['moving']['volume_ml']:.0f} mL")
     parts.append(f"std log detJ {metrics.get('std_log_jacobian', 0):.3f}")
     seconds = metrics.get("seconds", {})
     if "total" in seconds:
