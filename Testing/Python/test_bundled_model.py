@@ -1,4 +1,4 @@
-"""The bundled model: found where the README says, loads safely, and does what its card says."""
+"""The bundled model: found where docs/MODELS.md says, loads safely, and does what its card says."""
 
 import re
 
@@ -20,24 +20,24 @@ def test_the_bundled_model_is_found_and_loads_without_unpickling_code():
     assert sum(p.numel() for p in network.parameters()) == 266_355  # the card's parameter count
 
 
-def test_the_refinement_defaults_are_the_ones_the_card_and_readme_quote():
+def test_the_refinement_defaults_are_the_ones_the_card_and_the_models_page_quote():
     _, config, _ = load_checkpoint(bundled_model_path())
     card = CARD.read_text()
     quoted = {name: float(value) for name, value in re.findall(r"`default_refine_(\w+) = ([\d.]+)`", card)}
     assert quoted == {"iterations": config.default_refine_iterations, "smoothness": config.default_refine_smoothness, "learning_rate": config.default_refine_learning_rate,
                       "coarse_fraction": config.default_refine_coarse_fraction}
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert f"refine each pair by default ({config.default_refine_iterations} iterations, smoothness weight {config.default_refine_smoothness:g}" in readme
+    page = " ".join((ROOT / "docs" / "MODELS.md").read_text().split())
+    assert f"refine each pair by default ({config.default_refine_iterations} iterations, smoothness weight {config.default_refine_smoothness:g}" in page
 
 
-def test_without_a_model_the_optimisation_runs_the_schedule_the_readme_quotes():
+def test_without_a_model_the_optimisation_runs_the_schedule_the_command_line_page_quotes():
     """``--model none`` starts from zero and needs v1's longer two-level schedule, not v2's 10 steps."""
     from VoxelMorphRegLib.pipelines.loaded_model import load_model
 
     refinement = load_model("none").refinement
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    page = " ".join((ROOT / "docs" / "COMMAND_LINE.md").read_text().split())
     quoted = f"`--model none` is classical optimisation from a zero velocity: {refinement['iterations']} iterations, {refinement['coarse_iterations']} of them on the coarse grid, W = {refinement['smoothness']:g}, step {refinement['learning_rate']:g}"
-    assert quoted in readme, quoted
+    assert quoted in page, quoted
     assert (refinement["iterations"], refinement["coarse_iterations"]) == (120, 80)
 
 

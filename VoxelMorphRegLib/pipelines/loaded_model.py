@@ -24,7 +24,7 @@ from ..tensor.devices import select_device
 from ..tensor.registration_network import RegistrationNetwork
 
 # Per-pair optimisation without a model (``--model none``): v1 revision 3's two-level schedule. From a
-# zero velocity it needs far more than the bundled v2 model's 10 steps (see README, "Models").
+# zero velocity it needs far more than the bundled v2 model's 10 steps (see docs/MODELS.md).
 DEFAULT_NONE_REFINEMENT = 120
 DEFAULT_NONE_SMOOTHNESS = 0.3
 DEFAULT_NONE_LEARNING_RATE = 0.2

@@ -5,7 +5,7 @@ model grid of an atlas by the same preprocessing as ``register`` (affine alignme
 resampling, intensity normalisation) and cached. Whole-head label maps are kept whole on the
 grid; the skull is stripped (or not) when an image is drawn.
 
-The recipe: which loss applies to which pair (see README, "Training recipe")
+The recipe: which loss applies to which pair (see docs/TRAINING.md, "Training recipe")
 - ``synthetic``: two label-only subjects, each rendered with its own contrast and deformation:
   Dice over the brain structures + smoothness, no image similarity (the images' contrasts are
   unrelated by construction).
