@@ -178,7 +178,10 @@ def main(argv=None) -> int:
         return 0
     import slice_rendering
 
-    problem = slice_rendering.offscreen_problem()
+    try:
+        problem = slice_rendering.offscreen_problem()
+    except RuntimeError as exc:
+        problem = str(exc)
     if problem:
         _say(problem)
         return 1

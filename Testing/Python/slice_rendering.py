@@ -23,6 +23,7 @@ renders any segmentation node's outline the same way (a brain mask, say).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -54,9 +55,11 @@ _PROBE = textwrap.dedent(
 
 
 def offscreen_problem(timeout_s: float = 60.0) -> str | None:
-    """``None`` when VTK renders offscreen here (a red 8x8 window reads back red), else why not.
+    """``None`` when VTK renders offscreen here, else why it cannot (no EGL, no OSMesa: nothing to render with).
 
-    Run in a child process: a missing or broken EGL/GL library can abort the process that tries.
+    The probe renders a red 8x8 window in a child process: without EGL, VTK's fallback crashes
+    the process that tries. A window that renders but reads back the wrong colour is not an
+    absent renderer but a broken one: ``RuntimeError``.
     """
     env = _environment()
     try:
@@ -65,11 +68,11 @@ def offscreen_problem(timeout_s: float = 60.0) -> str | None:
         return f"an offscreen VTK render did not finish in {timeout_s:.0f} s"
     line = next((l for l in done.stdout.splitlines() if l.startswith("PIXEL")), None)
     if done.returncode != 0 or line is None:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = re.sub(r"\x1b\[[0-9;]*m", "", (done.stderr.strip().splitlines() or ["no output"])[-1]).strip()
         return f"VTK cannot render offscreen here (exit {done.returncode}: {tail}); on Debian: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri"
     _, window, *rgb = line.split()
     if [int(v) for v in rgb] != [255, 0, 0]:
-        return f"offscreen rendering through {window} reads back {rgb}, not red"
+        raise RuntimeError(f"offscreen rendering through {window} is broken: a red window reads back {rgb}")
     return None
 
 
