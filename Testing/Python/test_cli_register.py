@@ -91,7 +91,7 @@ def test_metrics_report_time_device_and_folding(registered):
     metrics = json.loads((registered / "metrics.json").read_text())
     assert metrics["device"] == "cpu"
     seconds = metrics["seconds"]
-    sequential = ["read", "model", "model_grid", "refine", "integration", "field", "warp", "metrics"]
+    sequential = ["read", "model", "brain_mask", "model_grid", "refine", "integration", "field", "warp", "metrics"]
     assert all(seconds[stage] >= 0 for stage in sequential + ["write", "qc", "qc_wait"])
     # the stages run one after the other; total is the time to the committed result, which does not
     # wait for the QC figure (drawn beside the writes, added to the set after the commit)

@@ -28,7 +28,7 @@ def test_register_options_round_trip_through_the_real_parser():
 
 def test_unset_register_options_stay_unset():
     argv = command_line(RegisterJob("f", "m", "o"))
-    assert argv == ["register", "f", "m", "--out", "o", "--model", "bundled", "--device", "auto"]
+    assert argv == ["register", "f", "m", "--out", "o", "--model", "bundled", "--device", "auto", "--brain-mask", "auto"]
     parsed = options_from_args(RegisterOptions, build_parser().parse_args(argv))
     assert parsed == RegisterOptions()
     assert (parsed.refine_iterations, parsed.refine_smoothness, parsed.refine_learning_rate, parsed.integration_steps) == (None, None, None, None)
@@ -90,7 +90,7 @@ def test_a_real_register_run_reports_its_events(engine_run):
     assert all(events), f"stdout holds only events: {lines}"
     assert isinstance(events[0], contract.Started) and events[0].command == "register"
     stages = [e.name for e in events if isinstance(e, contract.Stage)]
-    assert stages == ["read", "model", "model_grid", "refine", "integration", "field", "warp", "metrics", "write"]  # --no-affine, no network
+    assert stages == ["read", "model", "brain_mask", "model_grid", "refine", "integration", "field", "warp", "metrics", "write"]  # --no-affine, no network
     percents = [e.percent for e in events if isinstance(e, (contract.Stage, contract.Progress))]
     assert percents == sorted(percents) and 0 <= percents[0] and percents[-1] <= 100
     refine = [e for e in events if isinstance(e, contract.Progress)]

@@ -7,10 +7,12 @@ WARPED_LABELS = "warped_labels.nii.gz"
 DISPLACEMENT = "displacement.nii.gz"  # fixed -> moving, on the fixed grid, LPS mm
 INVERSE_DISPLACEMENT = "inverse_displacement.nii.gz"  # moving -> fixed, on the moving grid
 JACOBIAN = "jacobian.nii.gz"
+BRAIN_MASK = "brain_mask.nii.gz"  # the fixed scan's brain mask (uint8, fixed grid), with --brain-mask auto
+MOVING_BRAIN_MASK = "moving_brain_mask.nii.gz"  # the moving scan's, on its own grid
 METRICS = "metrics.json"
 QC_FIGURE = "qc.png"
 # Every file a register run may write into --out; metrics.json is written last.
-REGISTER_IMAGES = (WARPED, WARPED_LABELS, DISPLACEMENT, INVERSE_DISPLACEMENT, JACOBIAN)
+REGISTER_IMAGES = (WARPED, WARPED_LABELS, DISPLACEMENT, INVERSE_DISPLACEMENT, JACOBIAN, BRAIN_MASK, MOVING_BRAIN_MASK)
 REGISTER_OUTPUTS = REGISTER_IMAGES + (QC_FIGURE, METRICS)
 
 

@@ -97,6 +97,8 @@ class RegisterOptions:
     inverse: bool = option("--no-inverse", "do not compute or write inverse_displacement", True, negates=True)
     jacobian: bool = option("--no-jacobian", "do not write jacobian (metrics.json still has the folding statistics)", True, negates=True)
     compress: bool = option("--uncompressed", "write the images as uncompressed .nii (warped.nii ...): larger, faster to write and read back", True, negates=True)
+    brain_mask: str = option("--brain-mask", "auto: mask both scans' brains (a scan that is already skull-stripped keeps its own foreground) and register the brains; off: register the images as they are", "auto", choices=("auto", "off"))
+    brain_mask_model: str | None = option("--brain-mask-model", "brain extraction model file (default: the bundled one)", metavar="FILE")
 
 
 @dataclass

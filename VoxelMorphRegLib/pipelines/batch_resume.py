@@ -1,7 +1,7 @@
 """Re-running a batch: which pairs' folders already hold their complete results.
 
 A pair is skipped when its folder holds a complete set (the manifest checks) written from the same
-input paths with the same model, refinement, affine and integration settings and output files,
+input paths with the same model, refinement, affine, integration and brain-mask settings and output files,
 and no input file is newer than its ``metrics.json``.
 """
 
@@ -19,7 +19,7 @@ def settings_of(options: RegisterOptions, model) -> dict:
     """What a pair's metrics.json must say for its set to count as this batch's result."""
     return {"model": model.description, "affine": bool(options.affine), "refine_iterations": model.refinement["iterations"],
             "refine_smoothness": model.refinement["smoothness"], "refine_learning_rate": model.refinement["learning_rate"],
-            "integration_steps": model.integration_steps}
+            "integration_steps": model.integration_steps, "brain_mask_mode": options.brain_mask}
 
 
 def expected_files(options: RegisterOptions, pair: BatchPair) -> set:
@@ -59,7 +59,10 @@ def completed_metrics(folder: Path, pair: BatchPair, options: RegisterOptions, s
         return None
     if any(metrics.get(k) != v for k, v in settings.items()):
         return None
-    if set(metrics.get("files", {})) != expected_files(options, pair):
+    expected = expected_files(options, pair)
+    if (metrics.get("brain_mask") or {}).get("used"):  # a whole head: the run wrote the masks it used too
+        expected |= {contract.output_name(n, options.compress) for n in (contract.BRAIN_MASK, contract.MOVING_BRAIN_MASK)}
+    if set(metrics.get("files", {})) != expected:
         return None
     written = metrics_path.stat().st_mtime
     for path in wanted.values():

@@ -167,10 +167,10 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions
     started = time.perf_counter()
     config = model.config_for(fixed)
     memory = check_memory(fixed, moving, config)  # one-line error before any work when it would not fit
-    mode = getattr(options, "brain_mask", "off")
+    mode = options.brain_mask
     if mode != "off":
         stages.start("brain_mask", 7, "brain masks (bundled brain extraction network; a stripped scan keeps its own)")
-    focus = focus_pair(fixed, moving, mode, getattr(options, "brain_mask_model", None))
+    focus = focus_pair(fixed, moving, mode, options.brain_mask_model)
     fixed_in, moving_in = brains(focus, fixed, moving) if focus.used else (fixed, moving)
     if should_stop():
         raise CancelledError("registration cancelled")
@@ -267,6 +267,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         "integration_steps": steps,
         **folding_statistics(determinant, _brain_voxels(focus)),
         "folding_region": "fixed brain mask" if focus is not None and focus.used else "whole fixed grid",
+        "brain_mask_mode": options.brain_mask,
     }
     if focus is not None and focus.fixed is not None:
         metrics["brain_mask"] = focus.describe()
@@ -379,6 +380,8 @@ def write_outputs(out, images: PairImages, result: RegistrationResult, options: 
     compressed = options.compress
     files = {contract.WARPED: result.warped, contract.WARPED_LABELS: result.warped_labels, contract.DISPLACEMENT: result.displacement,
              contract.INVERSE_DISPLACEMENT: result.inverse_displacement, contract.JACOBIAN: result.jacobian if options.jacobian else None}
+    if (result.metrics.get("brain_mask") or {}).get("used"):  # the masks the registration used (a whole head)
+        files[contract.BRAIN_MASK], files[contract.MOVING_BRAIN_MASK] = result.brain_mask, result.moving_brain_mask
     files = {contract.output_name(name, compressed): image for name, image in files.items() if image is not None}
     fields = {contract.output_name(name, compressed) for name in (contract.DISPLACEMENT, contract.INVERSE_DISPLACEMENT)}
     write_started = time.perf_counter()
