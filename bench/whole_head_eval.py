@@ -13,6 +13,12 @@ Data: the held-out whole-head label maps 19 and 20 of ../shared/data/label_maps,
   default settings (--brain-mask auto), against the same brains stripped (label map's brain) and
   cropped to the brain's box + 8 mm; Dice over the brain structures both maps share, seconds
   (register_files' seconds.total, no QC), and the focus's report.
+- real: the real whole-head T1 with GM/WM labels (clinical/brainchop_t1) paired both ways with the
+  three labelled, skull-stripped aseg subjects (their cortex 3/42 as GM, cerebral white matter 2/41
+  as WM): GM/WM Dice with --brain-mask auto against off (what the brain focus is worth on real heads).
+- contrast: one anatomy (map 19) rendered twice, as T1 and as T1 / T2 / FLAIR / PD with other noise
+  (the truth is no deformation): std of log det J inside the brain and the mean displacement (mm)
+  inside the brain, for the network alone (--refine 0) and the default.
 Writes results.json and results.md into --out.
 """
 
@@ -117,7 +123,7 @@ def _stripped_cropped(image: sitk.Image, labels: sitk.Image, margin: int = 8):
     return sitk.RegionOfInterest(stripped, size, low), sitk.RegionOfInterest(labels, size, low)
 
 
-def _register(fixed, moving, fixed_labels, moving_labels, model, mode: str) -> dict:
+def _register(fixed, moving, fixed_labels, moving_labels, model, mode: str, scored=BRAIN_LABELS) -> dict:
     from VoxelMorphRegLib.pipelines.register import register_images
 
     options = RegisterOptions(qc=False)
@@ -126,7 +132,7 @@ def _register(fixed, moving, fixed_labels, moving_labels, model, mode: str) -> d
         options.brain_mask_model = model
     result = register_images(fixed, moving, options, moving_labels, fixed_labels, log=lambda *_: None)
     metrics = result.metrics
-    shared = sorted(set(BRAIN_LABELS) & set(np.unique(sitk.GetArrayViewFromImage(fixed_labels)).tolist()) & set(np.unique(sitk.GetArrayViewFromImage(moving_labels)).tolist()))
+    shared = sorted(set(scored) & set(np.unique(sitk.GetArrayViewFromImage(fixed_labels)).tolist()) & set(np.unique(sitk.GetArrayViewFromImage(moving_labels)).tolist()))
     warped = sitk.GetArrayViewFromImage(result.warped_labels)
     reference = sitk.GetArrayViewFromImage(fixed_labels)
     scores = [dice(warped == label, reference == label) for label in shared]
@@ -151,6 +157,58 @@ def part_register(model, out: dict):
     out["register"] = rows
 
 
+def _gm_wm(labels: sitk.Image, aseg: bool) -> sitk.Image:
+    array = sitk.GetArrayFromImage(labels)
+    out = np.zeros(array.shape, np.int16)
+    if aseg:
+        out[np.isin(array, (3, 42))] = 1
+        out[np.isin(array, (2, 41))] = 2
+    else:
+        out[array == 1], out[array == 2] = 1, 2
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(labels)
+    return image
+
+
+def part_real(model, out: dict):
+    root = DATA.parent
+    head = sitk.ReadImage(str(root / "clinical" / "brainchop_t1.nii.gz"), sitk.sitkFloat32)
+    head_labels = _gm_wm(sitk.ReadImage(str(root / "clinical" / "brainchop_gm_wm.nii.gz")), aseg=False)
+    rows = []
+    for subject in ("subj01", "subj02", "subj03"):
+        brain = sitk.ReadImage(str(root / "aseg" / f"{subject}_norm.nii.gz"), sitk.sitkFloat32)
+        brain_labels = _gm_wm(sitk.ReadImage(str(root / "aseg" / f"{subject}_seg.nii.gz")), aseg=True)
+        for name, fixed, moving, fixed_labels, moving_labels in ((f"{subject} -> head", head, brain, head_labels, brain_labels), (f"head -> {subject}", brain, head, brain_labels, head_labels)):
+            row = {"pair": name}
+            for mode in ("auto", "off"):
+                row[mode] = _register(fixed, moving, fixed_labels, moving_labels, model, mode, scored=(1, 2))
+            rows.append(row)
+            print(json.dumps({"pair": name, "auto": row["auto"]["dice"], "off": row["off"]["dice"], "seconds": [row["auto"]["seconds"], row["off"]["seconds"]]}), flush=True)
+    out["real"] = rows
+
+
+def part_contrast(model, out: dict):
+    from VoxelMorphRegLib.pipelines.register import register_images
+
+    labels = read_map(MAPS[0])
+    brain = brain_of(sitk.GetArrayViewFromImage(labels))
+    fixed = render(labels, "t1", 4000)
+    rows = []
+    for contrast in ("t1", "t2", "flair", "pd"):
+        moving = render(labels, contrast, 4001)
+        for refine in (0, None):
+            options = RegisterOptions(qc=False, inverse=False, refine_iterations=refine)
+            if model:
+                options.brain_mask_model = model
+            result = register_images(fixed, moving, options, log=lambda *_: None)
+            field = sitk.GetArrayViewFromImage(result.displacement)
+            magnitude = np.linalg.norm(field[brain], axis=-1)
+            rows.append({"moving": contrast, "refine": "network alone" if refine == 0 else "default", "std_log_jacobian": round(result.metrics["std_log_jacobian"], 4),
+                         "mean_displacement_mm": round(float(magnitude.mean()), 3), "p95_displacement_mm": round(float(np.percentile(magnitude, 95)), 3)})
+            print(rows[-1], flush=True)
+    out["contrast"] = rows
+
+
 def write_report(out: dict, folder: Path):
     lines = ["# Whole-head evaluation", "", f"Command: `{out['command']}`", ""]
     if "masks" in out:
@@ -162,6 +220,13 @@ def write_report(out: dict, folder: Path):
         for r in out["register"]:
             cells = [f"{r[k]['dice']:.4f} ({r[k]['seconds']:.1f} s)" for k in ("whole_head_auto", "whole_head_off", "stripped_cropped", "t2_onto_t1_auto")]
             lines.append(f"| {r['pair']} | " + " | ".join(cells) + " |")
+    if "real" in out:
+        lines += ["", "## Real whole-head T1 (brainchop) with the aseg subjects, GM/WM Dice", "", "| pair | --brain-mask auto | off |", "| --- | --- | --- |"]
+        lines += [f"| {r['pair']} | {r['auto']['dice']:.4f} ({r['auto']['seconds']:.1f} s) | {r['off']['dice']:.4f} ({r['off']['seconds']:.1f} s) |" for r in out["real"]]
+        lines.append(f"| mean | {np.mean([r['auto']['dice'] for r in out['real']]):.4f} | {np.mean([r['off']['dice'] for r in out['real']]):.4f} |")
+    if "contrast" in out:
+        lines += ["", "## One anatomy in two renderings (truth: no deformation), inside the brain", "", "| moving | run | std log det J | mean displacement mm | p95 mm |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['moving']} | {r['refine']} | {r['std_log_jacobian']} | {r['mean_displacement_mm']} | {r['p95_displacement_mm']} |" for r in out["contrast"]]
     (folder / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -169,7 +234,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default=None, help="brain mask model file (default: the bundled one)")
-    parser.add_argument("--part", default="all", choices=("masks", "register", "all"))
+    parser.add_argument("--part", default="all", choices=("masks", "register", "real", "contrast", "all"))
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"whole_head_eval: {DATA} not found (the shared label maps are needed)", file=sys.stderr)
@@ -182,6 +247,10 @@ def main(argv=None) -> int:
         part_masks(args.model, out)
     if args.part in ("register", "all"):
         part_register(args.model, out)
+    if args.part in ("real", "all"):
+        part_real(args.model, out)
+    if args.part in ("contrast", "all"):
+        part_contrast(args.model, out)
     (folder / "results.json").write_text(json.dumps(out, indent=1))
     write_report(out, folder)
     print(f"wrote {folder / 'results.md'}")
