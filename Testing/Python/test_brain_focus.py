@@ -146,7 +146,9 @@ def test_two_stripped_scans_run_exactly_as_without_the_focus(oblique_image):
         options = RegisterOptions(model="none", refine_iterations=4, qc=False)
         options.brain_mask = mode
         results[mode] = register_images(oblique_image, moving, options, log=lambda *_: None)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(results["auto"].displacement), sitk.GetArrayFromImage(results["off"].displacement))
+    # the same run: the same grid, the same field (to the field's 1/1024 mm quantum: threaded sums may round differently)
+    assert results["auto"].metrics["model_grid"] == results["off"].metrics["model_grid"]
+    np.testing.assert_allclose(sitk.GetArrayFromImage(results["auto"].displacement), sitk.GetArrayFromImage(results["off"].displacement), atol=1.01 / 1024, rtol=0)
     report = results["auto"].metrics["brain_mask"]
     assert report["used"] is False and report["fixed"]["source"] == report["moving"]["source"] == "stripped"
     assert results["auto"].metrics["folding_region"] == "whole fixed grid"
