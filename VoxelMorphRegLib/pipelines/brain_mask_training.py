@@ -109,6 +109,10 @@ class SyntheticHeads(torch.utils.data.IterableDataset):
         self.maps, self.tissue, self.settings, self.batch, self.seed = maps, tissue, settings, batch, seed
 
     def __iter__(self):
+        # A stop (SIGTERM to the whole process group, Ctrl-C) is the training loop's to handle: it saves last.pt
+        # and ends the loader; a worker dying of the signal first would end the run without saving.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(1)
         generator = torch.Generator().manual_seed(self.seed)
         while True:
