@@ -66,7 +66,8 @@ Deformable registration of brain MRI with a learned, diffeomorphic VoxelMorph mo
 <b>Register</b>. Results are new nodes: the moving volume <b>warped</b> onto the fixed grid, a
 <b>grid transform</b> (fixed-to-moving displacement, TransformFromParent: put the moving volume or
 its segmentation under it to overlay the fixed volume), the <b>warped segmentation</b>, the
-<b>Jacobian determinant</b> and a <b>metrics table</b> (Dice before/after, folding, runtime).</p>
+<b>Jacobian determinant</b>, a <b>metrics table</b> (Dice before/after, folding, runtime) and, for a
+whole-head scan, the fixed <b>brain mask</b> (outlined) the registration focused on.</p>
 <p>The registration runs in a separate process; the button becomes <b>Cancel</b> while it runs.
 A failed or cancelled run leaves the scene as it was.</p>
 <p>Console: <code>slicer.util.getModuleLogic("VoxelMorphReg").register(fixedNode, movingNode)</code>.</p>
@@ -103,6 +104,7 @@ class VoxelMorphRegParameterNode:
     userModels: list[str]
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     affine: bool = True
+    brainMask: bool = True
     refineIterations: Optional[int] = None
     integrationSteps: Optional[int] = None
     refineSmoothness: Optional[float] = None
@@ -572,6 +574,10 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         outputJacobian=None,
         table=True,
         outputTable=None,
+        brainMask=True,
+        outputBrainMask=None,
+        movingBrainMask=False,
+        outputMovingBrainMask=None,
         wait=True,
         showResult=True,
         progressCallback=None,
@@ -584,11 +590,15 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         checkpoint file. ``device``: "auto", "cpu" or "cuda". ``refineIterations``,
         ``refineSmoothness``, ``refineLearningRate`` (the per-pair refinement) and
         ``integrationSteps``: ``None`` means the model's own setting. ``output*``: existing nodes to
-        overwrite; ``None`` creates new nodes (only when the run succeeds).
+        overwrite; ``None`` creates new nodes (only when the run succeeds). ``brainMask``: register
+        whole-head scans brain to brain (``--brain-mask auto``; ``False``: ``off``); the fixed mask,
+        when the engine used one, becomes an outlined segmentation "<fixed> brain mask" (the moving
+        one too with ``movingBrainMask``).
 
         With ``wait=True`` (default) this blocks and returns a ``RegistrationResult`` whose
         attributes ``warped_volume``, ``transform``, ``inverse_transform``, ``segmentation``,
-        ``jacobian`` and ``table`` are the output nodes (``result.nodes()`` gives them as a dict);
+        ``jacobian``, ``table``, ``brain_mask`` and ``moving_brain_mask`` are the output nodes
+        (None where none was made; ``result.nodes()`` gives those made as a dict);
         errors raise ``VoxelMorphRegError`` with the engine's one-line message. With
         ``wait=False`` it returns the started ``RegistrationRunner``; call its ``poll()``
         regularly (or ``wait()``), ``cancel()`` to stop it.
@@ -608,6 +618,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             refine_learning_rate=None if refineLearningRate is None else float(refineLearningRate),
             integration_steps=None if integrationSteps is None else int(integrationSteps),
             qc=False,
+            brain_mask="auto" if brainMask else "off",
         )
         targets = OutputTargets(
             warped_volume=outputVolume,
@@ -616,6 +627,8 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             segmentation=outputSegmentation if movingSegmentation is not None else None,
             jacobian=outputJacobian,
             table=outputTable,
+            brain_mask=outputBrainMask,
+            moving_brain_mask=outputMovingBrainMask,
         )
 
         def onFinished(runner):
@@ -638,6 +651,7 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
             inverse_transform=bool(inverseTransform or outputInverseTransform),
             jacobian=bool(jacobian or outputJacobian),
             table=bool(table or outputTable),
+            moving_brain_mask=bool(movingBrainMask or outputMovingBrainMask),
             progress_callback=progressCallback,
             log_callback=logCallback or (lambda line: logging.debug(line)),
             finished_callback=onFinished,
@@ -655,14 +669,15 @@ class VoxelMorphRegLogic(ScriptedLoadableModuleLogic):
         return runner.wait()  # the result, or the engine's error raised as VoxelMorphRegError
 
     def showResult(self, result, fixedNode, movingSegmentation=None, opacity=0.5) -> None:
-        """Fixed volume behind, warped volume in front at ``opacity``, warped segmentation as outlines, views fitted."""
+        """Fixed volume behind, warped volume in front at ``opacity``, warped segmentation and fixed brain mask as outlines, views fitted."""
         from VoxelMorphRegLib.mrml import views
 
         app = getattr(slicer, "app", None)
         layoutManager = app.layoutManager() if app is not None and hasattr(app, "layoutManager") else None
         sliceLogics = layoutManager.mrmlSliceLogics() if layoutManager is not None else None
         hidden = [movingSegmentation] if movingSegmentation is not None and movingSegmentation.IsA("vtkMRMLSegmentationNode") else []
-        views.show_registration(slicer.mrmlScene, fixedNode, result.warped_volume, result.segmentation, opacity, sliceLogics, hidden)
+        hidden.append(result.moving_brain_mask)  # in moving space: not drawn over the fixed volume (None: nothing to hide)
+        views.show_registration(slicer.mrmlScene, fixedNode, result.warped_volume, result.segmentation, opacity, sliceLogics, hidden, result.brain_mask)
 
 
 #

@@ -188,6 +188,7 @@ class VoxelMorphRegRegisterPanel(EnginePanel):
                 model=p.model,
                 device=p.device,
                 affine=p.affine,
+                brainMask=p.brainMask,
                 refineIterations=p.refineIterations,
                 refineSmoothness=p.refineSmoothness,
                 refineLearningRate=p.refineLearningRate,

@@ -8,6 +8,17 @@ DIR ...``). ``FAKE_ENGINE_MODE`` picks what it does:
 * ``sleep``: starts a child process, records both process ids, sleeps (to be cancelled);
 * ``bad-grid``: succeeds but writes a warped image on the wrong grid;
 * ``crash``: dies with a traceback and exit code 1.
+
+``FAKE_ENGINE_BRAIN`` says what ``--brain-mask auto`` finds, as the real engine reports it in
+metrics.json (``brain_mask``, ``brain_mask_mode``, ``folding_region``):
+
+* ``stripped`` (default): two skull-stripped scans; the masks are not used, no mask file;
+* ``whole-head``: the masks are used; ``brain_mask`` (an ellipsoid on the fixed grid) and
+  ``moving_brain_mask`` (one on the moving grid) are written, ``.nii`` with ``--uncompressed``;
+* ``bad-grid``: as ``whole-head``, but the fixed mask is written on the moving grid.
+
+With ``--brain-mask off`` nothing is masked, whatever ``FAKE_ENGINE_BRAIN`` says.
+``FAKE_ENGINE_KEEP``: a folder the engine copies its output folder to (the runner removes its own).
 """
 
 import json
@@ -25,7 +36,7 @@ slicer = require_slicer_core()
 
 from VoxelMorphRegLib.errors import CancelledError, VoxelMorphRegError  # noqa: E402
 from VoxelMorphRegLib.mrml import runner as runner_module  # noqa: E402
-from VoxelMorphRegLib.mrml import segmentations, volumes  # noqa: E402
+from VoxelMorphRegLib.mrml import segmentations, tables, volumes  # noqa: E402
 from VoxelMorphRegLib.mrml.outputs import OutputTargets  # noqa: E402
 from VoxelMorphRegLib.contract import RegisterJob, RegisterOptions  # noqa: E402
 from VoxelMorphRegLib.mrml.runner import RegistrationRunner  # noqa: E402
@@ -87,6 +98,24 @@ FAKE_ENGINE = textwrap.dedent(
     jacobian.CopyInformation(fixed)
     sitk.WriteImage(jacobian, str(out / "jacobian.nii.gz"))
     metrics = {"seconds": {"reading": 0.1, "network": 0.2, "total": 0.3}, "device": "cpu", "model": str(a.model), "folding_fraction": 0.0, "std_log_jacobian": 0.0}
+    brain = os.environ.get("FAKE_ENGINE_BRAIN", "stripped") if a.brain_mask == "auto" else "off"
+    metrics["brain_mask_mode"], metrics["folding_region"] = a.brain_mask, "whole fixed grid"
+    if brain != "off":
+        def ellipsoid(image):  # uint8, 1 inside: the middle of the grid
+            k, j, i = np.meshgrid(*(np.linspace(-1, 1, n) for n in image.GetSize()[::-1]), indexing="ij")
+            mask = sitk.GetImageFromArray((((i / 0.7) ** 2 + (j / 0.6) ** 2 + (k / 0.65) ** 2) < 1).astype(np.uint8))
+            mask.CopyInformation(image)
+            return mask
+        masks = {"fixed": ellipsoid(moving if brain == "bad-grid" else fixed), "moving": ellipsoid(moving)}
+        used = brain != "stripped"
+        source = "network" if used else "stripped"
+        volume = lambda m: float(sitk.GetArrayFromImage(m).sum() * np.prod(m.GetSpacing()) / 1000.0)
+        metrics["brain_mask"] = {"mode": "auto", "used": used, "taper_mm": [6.0, 18.0],
+                                 **{role: {"source": source, "volume_ml": round(volume(m), 1), "seconds": 0.1} for role, m in masks.items()}}
+        if used:
+            metrics["folding_region"] = "fixed brain mask"
+            for name, mask in ((contract.BRAIN_MASK, masks["fixed"]), (contract.MOVING_BRAIN_MASK, masks["moving"])):
+                sitk.WriteImage(mask, str(out / contract.output_name(name, compressed=not a.uncompressed)))
     if a.moving_labels:
         labels = sitk.ReadImage(a.moving_labels)
         warped_labels = sitk.Resample(labels, fixed, sitk.DisplacementFieldTransform(sitk.Image(field)), sitk.sitkNearestNeighbor, 0)
@@ -100,6 +129,9 @@ FAKE_ENGINE = textwrap.dedent(
                                "mean_before": 0.5, "mean_after": float(np.mean([dice(f, w, i) for i in ids])) if ids else 0.0}
     say("writing the results", 90, "write")
     (out / "metrics.json").write_text(json.dumps(metrics))
+    if os.environ.get("FAKE_ENGINE_KEEP"):
+        import shutil
+        shutil.copytree(out, os.environ["FAKE_ENGINE_KEEP"], dirs_exist_ok=True)
     say("some free text the runner keeps in the log")
     channel.emit(contract.Done(str(out), sorted(p.name for p in out.iterdir()), 0.3, {}))
     '''
@@ -250,6 +282,152 @@ def test_existing_output_nodes_are_reused(setup):
     assert target.GetDisplayNode() is not None
 
 
+def node_names(scene):
+    return sorted(scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes()))
+
+
+def _mask_file(folder, name):
+    """The mask the engine wrote (``.nii`` with the module's --uncompressed hand-off) as an array ``[k, j, i]``."""
+    from VoxelMorphRegLib.contract import output_name
+
+    path = folder / output_name(name, compressed=False)
+    assert path.exists(), sorted(p.name for p in folder.iterdir())
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def assert_brain_mask_node(node, name, volume, mask):
+    """A brain mask node as the module promises it: a segmentation named ``name``, one segment "Brain", on
+    ``volume``'s grid (labelmap and reference geometry), holding exactly ``mask``'s voxels, outline only."""
+    import vtk
+
+    from VoxelMorphRegLib.mrml.volumes import matrix_to_numpy
+
+    assert node.GetClassName() == "vtkMRMLSegmentationNode" and node.GetName() == name
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetNthSegment(0).GetName() == "Brain"
+    labelmap = segmentation.GetNthSegment(0).GetRepresentation("Binary labelmap")
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    np.testing.assert_allclose(matrix_to_numpy(matrix), volumes.ijk_to_ras(volume), atol=1e-9)
+    size = volumes.volume_size(volume)
+    assert tuple(labelmap.GetExtent()) == (0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1)
+    reference = slicer.vtkMRMLSegmentationNode()
+    reference.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    assert segmentation.GetConversionParameter(parameter) == reference.GetSegmentation().GetConversionParameter(parameter)
+    exported, _ = segmentations.segmentation_to_label_array(node, volume)
+    assert exported.shape == mask.shape and int((exported > 0).sum()) == int((mask > 0).sum()) > 0
+    np.testing.assert_array_equal(exported > 0, mask > 0)
+    display = node.GetDisplayNode()
+    assert display is not None and display.GetVisibility() and display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
+
+
+def test_brain_masks_become_outlined_segmentations(setup, monkeypatch, tmp_path):
+    """A whole head with --brain-mask auto: the fixed mask (and with moving_brain_mask the moving one) as segmentation nodes."""
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "whole-head")
+    monkeypatch.setenv("FAKE_ENGINE_KEEP", str(tmp_path / "kept"))
+    scene = setup["scene"]
+    before = node_ids(scene)
+    result = setup["make_runner"](moving_brain_mask=True).wait(timeout=60)
+    argv = json.loads(setup["record"].read_text())["argv"]
+    assert argv[argv.index("--brain-mask") + 1] == "auto" and "--uncompressed" in argv
+    kept = tmp_path / "kept"
+    assert_brain_mask_node(result.brain_mask, "fixed brain mask", setup["fixed"], _mask_file(kept, "brain_mask.nii.gz"))
+    assert_brain_mask_node(result.moving_brain_mask, "moving brain mask", setup["moving"], _mask_file(kept, "moving_brain_mask.nii.gz"))
+    assert result.brain_mask.GetScene() is scene and result.moving_brain_mask.GetScene() is scene
+    assert {"brain_mask", "moving_brain_mask"} <= set(result.nodes()) and result["brain_mask"] is result.brain_mask
+    assert new_node_classes(scene, before).count("vtkMRMLSegmentationNode") == 2
+    assert new_node_classes(scene, before).count("vtkMRMLSegmentationDisplayNode") == 2
+    # The table says the masks were used, their volumes, and that folding was counted in the fixed brain.
+    rows = {row[0]: row for row in tables.table_rows(result.table)}
+    assert rows["Brain masks used"][1] == "auto" and rows["Brain masks used"][4] == 1.0
+    fixed_ml = result.metrics["brain_mask"]["fixed"]["volume_ml"]
+    assert rows["Brain mask volume: fixed (brain extraction network)"][4:] == (pytest.approx(fixed_ml), "mL") and fixed_ml > 0
+    assert "Brain mask volume: moving (brain extraction network)" in rows
+    assert rows["Folding fraction (det J <= 0)"][1] == "fixed brain mask"
+
+
+def test_the_moving_mask_is_imported_only_when_asked(setup, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "whole-head")
+    result = setup["make_runner"]().wait(timeout=60)
+    assert result.brain_mask is not None and result.moving_brain_mask is None and "moving_brain_mask" not in result.nodes()
+
+
+def test_no_mask_node_when_the_engine_wrote_none(setup):
+    """Two skull-stripped scans (the fake engine's default): the masks are not used, no file, no node."""
+    scene = setup["scene"]
+    before = node_ids(scene)
+    result = setup["make_runner"](moving_brain_mask=True).wait(timeout=60)
+    assert result.metrics["brain_mask"]["used"] is False
+    assert result.brain_mask is None and result.moving_brain_mask is None
+    assert not {"brain_mask", "moving_brain_mask"} & set(result.nodes())
+    assert "vtkMRMLSegmentationNode" not in new_node_classes(scene, before)
+    rows = {row[0]: row for row in tables.table_rows(result.table)}
+    assert rows["Brain masks used"][4] == 0.0 and rows["Folding fraction (det J <= 0)"][1] == "whole fixed grid"
+    assert "Brain mask volume: fixed (skull-stripped scan's foreground)" in rows
+
+
+def test_brain_mask_off_is_sent_and_imports_no_mask(setup, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "whole-head")  # what auto would find: off must not look
+    scene = setup["scene"]
+    before = node_ids(scene)
+    result = setup["make_runner"](options=RegisterOptions(qc=False, brain_mask="off"), moving_brain_mask=True).wait(timeout=60)
+    argv = json.loads(setup["record"].read_text())["argv"]
+    assert argv[argv.index("--brain-mask") + 1] == "off"
+    assert result.brain_mask is None and result.moving_brain_mask is None
+    assert "vtkMRMLSegmentationNode" not in new_node_classes(scene, before)
+    assert {row[0]: row for row in tables.table_rows(result.table)}["Brain masks used"][1:5:3] == ("off", 0.0)
+
+
+def test_an_existing_mask_node_is_overwritten(setup, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "whole-head")
+    scene = setup["scene"]
+    target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my mask")
+    target.GetSegmentation().AddEmptySegment("old", "Old")
+    before = node_ids(scene)
+    result = setup["make_runner"](targets=OutputTargets(brain_mask=target)).wait(timeout=60)
+    assert result.brain_mask is target and target.GetName() == "my mask"
+    assert target.GetSegmentation().GetNumberOfSegments() == 1 and target.GetSegmentation().GetNthSegment(0).GetName() == "Brain"
+    display = target.GetDisplayNode()
+    assert display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
+    assert "vtkMRMLSegmentationNode" not in new_node_classes(scene, before)  # no second mask node
+    with pytest.raises(VoxelMorphRegError, match="my table: a vtkMRMLTableNode cannot hold a segmentation"):
+        setup["make_runner"](targets=OutputTargets(brain_mask=scene.AddNewNodeByClass("vtkMRMLTableNode", "my table"))).start()
+
+
+@pytest.mark.parametrize("failure", ["engine error", "mask on the wrong grid", "last node cannot be shown"])
+def test_a_failing_run_with_brain_masks_leaves_the_scene_unchanged(setup, monkeypatch, failure):
+    """Whatever fails -- the engine, reading a mask, or the very last step of the import -- no node is left behind
+    (display nodes included) and an existing mask node chosen as output is untouched."""
+    from VoxelMorphRegLib.mrml import outputs
+
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "bad-grid" if failure == "mask on the wrong grid" else "whole-head")
+    if failure == "engine error":
+        monkeypatch.setenv("FAKE_ENGINE_MODE", "fail")
+    if failure == "last node cannot be shown":
+        real = outputs._style_brain_mask
+
+        def broken(key, node, plan):
+            real(key, node, plan)
+            if key == "moving_brain_mask":
+                raise RuntimeError("no display for you")
+
+        monkeypatch.setattr(outputs, "_style_brain_mask", broken)
+    scene = setup["scene"]
+    target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my mask")
+    target.GetSegmentation().AddEmptySegment("old", "Old")
+    count, names = scene.GetNumberOfNodes(), node_names(scene)
+    runner = setup["make_runner"](setup["moving_seg"], targets=OutputTargets(brain_mask=target), inverse_transform=True, moving_brain_mask=True)
+    with pytest.raises(VoxelMorphRegError) as info:
+        runner.wait(timeout=60)
+    assert runner.state == "failed" and runner.result is None
+    assert scene.GetNumberOfNodes() == count and node_names(scene) == names, str(info.value)
+    assert target.GetSegmentation().GetNumberOfSegments() == 1 and target.GetSegmentation().GetNthSegment(0).GetName() == "Old"
+    expected = {"engine error": "model file /nowhere/model.pt", "mask on the wrong grid": "is not the fixed volume's grid", "last node cannot be shown": "no display for you"}
+    assert expected[failure] in str(info.value)
+    assert list(setup["temp_root"].iterdir()) == []
+
+
 def test_engine_error_leaves_scene_unchanged(setup, monkeypatch):
     monkeypatch.setenv("FAKE_ENGINE_MODE", "fail")
     scene = setup["scene"]
@@ -378,7 +556,9 @@ def test_real_engine_result_agrees_with_slicer_resampling(tmp_path):
     kinds = [type(e).__name__ for e in runner.events]
     assert kinds[0] == "Started" and kinds[-1] == "Done" and runner.events[0].pid > 0
     stages = [e.name for e in runner.events if isinstance(e, contract.Stage)]
-    assert stages[:3] == ["read", "model", "affine"] and "refine" in stages and stages[-1] == "write"
+    assert stages[:4] == ["read", "model", "brain_mask", "affine"] and "refine" in stages and stages[-1] == "write"
+    # --brain-mask auto (the default): a mask node exactly when the engine used the masks and wrote them.
+    assert (result.brain_mask is not None) == bool(result.metrics["brain_mask"]["used"])
     refine = [e for e in runner.events if isinstance(e, contract.Progress) and e.stage == "refine"]
     assert refine and refine[-1].done == refine[-1].total == 5
     percents = [p for p, _ in progress]

@@ -77,3 +77,47 @@ def test_unreadable_metrics_file_is_a_one_line_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(VoxelMorphRegError, match="metrics.json"):
         tables.read_metrics(path)
+
+
+WHOLE_HEAD = {
+    **SAMPLE,
+    "brain_mask_mode": "auto",
+    "folding_region": "fixed brain mask",
+    "brain_mask": {
+        "mode": "auto",
+        "used": True,
+        "fixed": {"source": "network", "volume_ml": 1187.4, "seconds": 0.8},
+        "moving": {"source": "stripped", "volume_ml": 1120.0, "seconds": 0.1},
+        "taper_mm": [6.0, 18.0],
+    },
+}
+
+
+def test_brain_mask_rows_say_whether_the_masks_were_used_their_volumes_and_the_folding_region():
+    rows = tables.table_rows(tables.new_metrics_table(WHOLE_HEAD))
+    names = [r[0] for r in rows]
+    at = names.index("Brain masks used")
+    assert names[at - 1] == "Dice (mean)"  # after the Dice rows, before the folding rows they explain
+    assert names[at:at + 4] == [
+        "Brain masks used",
+        "Brain mask volume: fixed (brain extraction network)",
+        "Brain mask volume: moving (skull-stripped scan's foreground)",
+        "Folding fraction (det J <= 0)",
+    ]
+    used, fixed, moving, folding = rows[at:at + 4]
+    assert used[1] == "auto" and used[4] == 1.0 and used[5] == "1 = yes, 0 = no" and math.isnan(used[3])
+    assert (fixed[1], fixed[4], fixed[5]) == ("Brain", pytest.approx(1187.4), "mL")
+    assert moving[4] == pytest.approx(1120.0)
+    assert folding[1] == "fixed brain mask" and rows[at + 4][:2] == ("Std of log det J", "fixed brain mask")
+
+
+def test_brain_mask_rows_when_the_masks_were_not_used():
+    stripped = {**WHOLE_HEAD, "folding_region": "whole fixed grid", "brain_mask": {**WHOLE_HEAD["brain_mask"], "used": False}}
+    rows = {r[0]: r for r in tables.metric_rows(stripped)}
+    assert rows["Brain masks used"][4] == 0.0 and rows["Folding fraction (det J <= 0)"][1] == "whole fixed grid"
+    off = {**SAMPLE, "brain_mask_mode": "off", "folding_region": "whole fixed grid"}  # --brain-mask off: no brain_mask block
+    rows = [r for r in tables.metric_rows(off) if r[0].startswith("Brain")]
+    assert [(r[0], r[1], r[4]) for r in rows] == [("Brain masks used", "off", 0.0)]
+    # An engine from before the brain masks: no brain rows, the folding rows without a region.
+    assert not [r for r in tables.metric_rows(SAMPLE) if r[0].startswith("Brain")]
+    assert {r[0]: r for r in tables.metric_rows(SAMPLE)}["Folding fraction (det J <= 0)"][1] == ""

@@ -106,3 +106,23 @@ def test_fit_works_with_the_slice_logic_of_slicer_5_6(layout):
     scene, logics, fixed, warped, segmentation, _ = layout
     views.show_registration(scene, fixed, warped, segmentation, slice_logics=[_SliceLogicOf56(logic) for logic in logics])
     assert max(logics[0].GetSliceNode().GetFieldOfView()[:2]) == pytest.approx(120.0)
+
+
+def test_show_registration_outlines_the_fixed_brain_mask_and_hides_the_moving_one(layout):
+    scene, logics, fixed, warped, segmentation, moving_segmentation = layout
+    labels = np.zeros((40, 60, 50), np.uint8)
+    labels[5:35, 10:50, 8:42] = 1
+    masks = []
+    for name in ("fixed brain mask", "moving brain mask"):
+        mask = segmentations.new_segmentation_from_labels(labels, volumes.ijk_to_ras(fixed), [segmentations.LabelInfo(1, "Brain", (1, 0.8, 0.1))], name=name)
+        scene.AddNode(mask)
+        mask.CreateDefaultDisplayNodes()
+        mask.GetDisplayNode().SetVisibility2D(False)  # hidden before: show_registration must show it
+        masks.append(mask)
+    views.show_registration(scene, fixed, warped, segmentation, 0.5, logics, [moving_segmentation, masks[1]], brain_mask=masks[0])
+    display = masks[0].GetDisplayNode()
+    assert display.GetVisibility() and display.GetVisibility2D() and display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
+    assert display.GetSliceIntersectionThickness() == views.BRAIN_MASK_OUTLINE_THICKNESS
+    assert not masks[1].GetDisplayNode().GetVisibility2D()
+    segments = segmentation.GetDisplayNode()
+    assert segments.GetVisibility2DOutline() and not segments.GetVisibility2DFill()  # the warped segmentation as before

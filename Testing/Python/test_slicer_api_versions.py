@@ -35,6 +35,7 @@ SLICER_API = {
     "vtkMRMLScene.GenerateUniqueName": "5.0.0",
     "vtkMRMLScene.GetNodeByID": "5.0.0",
     "vtkMRMLScene.GetNthNodeByClass": "5.0.0",
+    "vtkMRMLScene.GetNthNode": "5.0.0",  # outputs.py: the nodes a failed import added are removed (read at v5.6.0, v5.8.1, v5.10.0)
     "vtkMRMLScene.GetNumberOfNodes": "5.0.0",
     "vtkMRMLScene.GetNumberOfNodesByClass": "5.0.0",
     "vtkMRMLScene.IsNodePresent": "5.0.0",

@@ -361,3 +361,95 @@ def test_a_training_that_ends_while_the_module_is_not_shown_still_offers_its_mod
     widget.enter()
     assert widget._parameterNode.model == str(tmp_path / "best.pt") and str(tmp_path / "best.pt") in widget._parameterNode.userModels
     assert widget.ui.modelComboBox.itemData(widget.ui.modelComboBox.currentIndex) == str(tmp_path / "best.pt")
+
+
+def test_the_brain_mask_check_box_is_on_by_default_and_reaches_the_engine(app, monkeypatch, tmp_path):
+    """Ticked: --brain-mask auto, the fixed mask comes back as an outlined segmentation shown over the fixed volume; unticked: off, no mask."""
+    import json
+
+    slicer, widget = app["slicer"], app["widget"]
+    ui, p = widget.ui, widget._parameterNode
+    fixed, moving = _volume(slicer, "fixed", 1), _volume(slicer, "moving", 2)
+    assert p.brainMask is True and ui.brainMaskCheckBox.checked
+    tip = ui.brainMaskCheckBox.toolTip
+    assert "whole-head" in tip and "brain extraction" in tip and "skull-stripped" in tip and "outline" in tip
+    _fake_engine(monkeypatch, tmp_path)
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "whole-head")
+    shown = []
+    monkeypatch.setattr(widget.logic, "showResult", lambda result, *args: shown.append(result))
+    ui.registerButton.click()
+    _run_to_end(widget.registerPanel)
+    argv = json.loads((tmp_path / "record.json").read_text())["argv"]
+    assert argv[argv.index("--brain-mask") + 1] == "auto"
+    result = widget._runner.result
+    assert result.brain_mask.GetName() == "fixed brain mask" and result.brain_mask.GetScene() is slicer.mrmlScene
+    assert result.moving_brain_mask is None and shown == [result]  # the panel shows it (Logic.showResult)
+    ui.brainMaskCheckBox.checked = False
+    assert p.brainMask is False
+    count = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    ui.registerButton.click()
+    _run_to_end(widget.registerPanel)
+    argv = json.loads((tmp_path / "record.json").read_text())["argv"]
+    assert argv[argv.index("--brain-mask") + 1] == "off"
+    assert widget._runner.result.brain_mask is None and slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
+    widget.exit()
+    widget.enter()
+    assert widget._parameterNode.brainMask is False and not ui.brainMaskCheckBox.checked  # saved with the scene's parameter node
+
+
+def test_the_console_brain_mask_arguments(app, monkeypatch, tmp_path):
+    """register(brainMask=, outputBrainMask=, movingBrainMask=, outputMovingBrainMask=): the nodes, their display, the views."""
+    import json
+
+    slicer, widget = app["slicer"], app["widget"]
+    scene = slicer.mrmlScene
+    fixed, moving = _volume(slicer, "T1 fixed", 1), _volume(slicer, "T1 moving", 2)
+    _fake_engine(monkeypatch, tmp_path)
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "whole-head")
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    result = widget.logic.register(fixed, moving, movingBrainMask=True)
+    assert result.brain_mask.GetName() == "T1 fixed brain mask" and result.moving_brain_mask.GetName() == "T1 moving brain mask"
+    assert result.nodes()["brain_mask"] is result.brain_mask and result.nodes()["moving_brain_mask"] is result.moving_brain_mask
+    for node in (result.brain_mask, result.moving_brain_mask):
+        segmentation = node.GetSegmentation()
+        assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetNthSegment(0).GetName() == "Brain"
+        assert node.GetDisplayNode().GetVisibility2DOutline() and not node.GetDisplayNode().GetVisibility2DFill()
+    # showResult: the fixed mask outlined over the fixed volume; the moving one (moving space) hidden in the slice views.
+    assert composite.GetBackgroundVolumeID() == fixed.GetID()
+    assert result.brain_mask.GetDisplayNode().GetVisibility2D() and not result.moving_brain_mask.GetDisplayNode().GetVisibility2D()
+    # Existing nodes are overwritten, not duplicated.
+    count = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    again = widget.logic.register(fixed, moving, outputBrainMask=result.brain_mask, outputMovingBrainMask=result.moving_brain_mask)
+    assert again.brain_mask is result.brain_mask and again.moving_brain_mask is result.moving_brain_mask
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
+    # brainMask=False: --brain-mask off, no mask node, and the existing mask node left as it was.
+    nodes = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    off = widget.logic.register(fixed, moving, brainMask=False, movingBrainMask=True)
+    argv = json.loads((tmp_path / "record.json").read_text())["argv"]
+    assert argv[argv.index("--brain-mask") + 1] == "off"
+    assert off.brain_mask is None and off.moving_brain_mask is None and not {"brain_mask", "moving_brain_mask"} & set(off.nodes())
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == nodes
+
+
+def test_a_failing_registration_with_brain_masks_leaves_the_scene_as_it_was(app, monkeypatch, tmp_path):
+    from VoxelMorphRegLib.errors import VoxelMorphRegError
+
+    from VoxelMorphRegLib.mrml import volumes
+
+    slicer, widget = app["slicer"], app["widget"]
+    scene = slicer.mrmlScene
+    fixed = _volume(slicer, "fixed", 1)
+    image = sitk.GetImageFromArray(np.random.default_rng(2).random((9, 13, 12)).astype(np.float32))  # another grid than the fixed one's
+    moving = volumes.sitk_to_volume(image, scene=scene, name="moving")
+    _fake_engine(monkeypatch, tmp_path, mode="fail")
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "whole-head")
+    names = lambda: sorted(scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes()))  # noqa: E731
+    count, before = scene.GetNumberOfNodes(), names()
+    with pytest.raises(VoxelMorphRegError, match="no such file"):
+        widget.logic.register(fixed, moving, movingBrainMask=True)
+    assert scene.GetNumberOfNodes() == count and names() == before
+    monkeypatch.setenv("FAKE_ENGINE_MODE", "ok")
+    monkeypatch.setenv("FAKE_ENGINE_BRAIN", "bad-grid")  # the fixed mask on the wrong grid: the import fails as a whole
+    with pytest.raises(VoxelMorphRegError, match="brain_mask"):
+        widget.logic.register(fixed, moving, inverseTransform=True, movingBrainMask=True)
+    assert scene.GetNumberOfNodes() == count and names() == before

@@ -4,11 +4,16 @@ Two steps keep a failure from leaving half-made nodes behind:
 
 1. :func:`stage_outputs` reads every file and builds every result as a node that is *not* in
    the scene. Any error here (missing file, wrong grid) leaves the scene untouched.
-2. :func:`commit_outputs` then adds the new nodes to the scene, or copies the results into the
-   existing nodes the user chose. If adding fails midway, the nodes added so far are removed.
+2. :func:`commit_outputs` then adds the new nodes to the scene, then copies the results into the
+   existing nodes the user chose. If anything fails there, every node added since the commit
+   began (the new outputs and the display nodes made for them) is removed again.
 
 Outputs on the fixed grid get the fixed volume's exact IJKToRAS (after checking the file's
 grid matches it to within 1e-3 voxel), not the rounded geometry a NIfTI header holds.
+
+The brain masks (``--brain-mask auto`` on a whole head: ``brain_mask`` of the fixed scan, on its
+grid; ``moving_brain_mask`` of the moving scan, on its own) become segmentation nodes with one
+segment "Brain", shown as outlines only.
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..contract import DISPLACEMENT, INVERSE_DISPLACEMENT, JACOBIAN, METRICS, WARPED, WARPED_LABELS, output_name  # the engine's output names
+from ..contract import BRAIN_MASK, DISPLACEMENT, INVERSE_DISPLACEMENT, JACOBIAN, METRICS, MOVING_BRAIN_MASK, WARPED, WARPED_LABELS, output_name  # the engine's output names
 from ..errors import VoxelMorphRegError
 from .segmentations import LabelInfo, new_segmentation_from_labels
 from .tables import new_metrics_table, read_metrics
 from .transforms import grid_transform_node_from_displacement, read_displacement
+from .views import show_brain_mask
 from .volumes import same_geometry, sitk_to_volume
 
 
 # Output keys, in the order they are added to the scene.
-OUTPUT_KEYS = ("warped_volume", "transform", "inverse_transform", "segmentation", "jacobian", "table")
+OUTPUT_KEYS = ("warped_volume", "transform", "inverse_transform", "segmentation", "jacobian", "table", "brain_mask", "moving_brain_mask")
+SEGMENTATION_KEYS = ("segmentation", "brain_mask", "moving_brain_mask")
+BRAIN_SEGMENT_NAME = "Brain"  # the one segment of a brain mask node
+BRAIN_SEGMENT_COLOR = (1.0, 0.8, 0.1)  # an outline that stands out on grey anatomy and on the warped segments
 
 
 @dataclass
@@ -41,6 +50,8 @@ class _OutputNodes:
     segmentation: object = None
     jacobian: object = None
     table: object = None
+    brain_mask: object = None  # the fixed scan's brain mask (a segmentation node on the fixed grid)
+    moving_brain_mask: object = None  # the moving scan's (on the moving grid)
 
 
 @dataclass
@@ -64,6 +75,8 @@ class ImportPlan:
     inverse_transform: bool = False
     jacobian: bool = True
     table: bool = True
+    brain_mask: bool = True  # import the fixed brain mask when the engine wrote one
+    moving_brain_mask: bool = False  # and the moving one
 
 
 @dataclass
@@ -96,6 +109,8 @@ def default_names(plan: ImportPlan) -> dict:
         "segmentation": f"{segmentation} warped",
         "jacobian": f"{moving} to {fixed} Jacobian determinant",
         "table": f"{moving} to {fixed} registration metrics",
+        "brain_mask": f"{fixed} brain mask",
+        "moving_brain_mask": f"{moving} brain mask",
     }
 
 
@@ -131,6 +146,23 @@ def _read_transform_on_grid(folder: Path, file_name: str, matrix: np.ndarray, si
     return grid_transform_node_from_displacement(field_image, name=name, ijk_to_ras_matrix=matrix)
 
 
+def _read_brain_mask(folder: Path, file_name: str, matrix: np.ndarray, size, what: str, name: str):
+    """The brain mask file ``file_name`` (on the ``what`` volume's grid) as a new segmentation node with one segment "Brain"."""
+    mask = _read_on_grid(folder, file_name, matrix, size, what, sitk.sitkUInt8)
+    array = (sitk.GetArrayFromImage(mask) > 0).astype(np.uint8)
+    return new_segmentation_from_labels(array, matrix, [LabelInfo(1, BRAIN_SEGMENT_NAME, BRAIN_SEGMENT_COLOR)], name=name)
+
+
+def brain_masks_written(folder, metrics: dict) -> dict:
+    """``{"brain_mask": bool, "moving_brain_mask": bool}``: which masks the engine wrote into ``folder``.
+
+    The engine writes both when the masks were used (metrics.json ``brain_mask.used``; a whole
+    head with ``--brain-mask auto``), neither otherwise (two skull-stripped scans, ``off``)."""
+    folder = Path(folder)
+    used = bool((metrics.get("brain_mask") or {}).get("used"))
+    return {key: used or _output_path(folder, file_name).exists() for key, file_name in (("brain_mask", BRAIN_MASK), ("moving_brain_mask", MOVING_BRAIN_MASK))}
+
+
 def stage_outputs(folder, plan: ImportPlan) -> dict:
     """Read the engine's outputs into nodes outside the scene, keyed like :data:`OUTPUT_KEYS`, plus ``metrics``."""
     folder = Path(folder)
@@ -161,6 +193,14 @@ def stage_outputs(folder, plan: ImportPlan) -> dict:
     if plan.table:
         staged["table"] = new_metrics_table(metrics, plan.label_names, name=names["table"])
 
+    written = brain_masks_written(folder, metrics)  # a mask metrics.json promises but the folder lacks is an error
+    if plan.brain_mask and written["brain_mask"]:
+        staged["brain_mask"] = _read_brain_mask(folder, BRAIN_MASK, plan.fixed_ijk_to_ras, plan.fixed_size, "fixed", names["brain_mask"])
+    if plan.moving_brain_mask and written["moving_brain_mask"]:
+        staged["moving_brain_mask"] = _read_brain_mask(
+            folder, MOVING_BRAIN_MASK, plan.moving_ijk_to_ras, plan.moving_size, "moving", names["moving_brain_mask"]
+        )
+
     staged["metrics"] = metrics
     return staged
 
@@ -175,7 +215,7 @@ def _copy_into(target, source, key: str) -> None:
             target.SetAndObserveImageData(source.GetImageData())
         elif key in ("transform", "inverse_transform"):
             target.SetAndObserveTransformFromParent(source.GetTransformFromParent())
-        elif key == "segmentation":
+        elif key in SEGMENTATION_KEYS:
             target.GetSegmentation().DeepCopy(source.GetSegmentation())
         elif key == "table":
             target.SetAndObserveTable(source.GetTable())
@@ -196,7 +236,7 @@ def _ijk_to_ras_vtk(node):
 
 def _style_new_node(key: str, node, plan: ImportPlan) -> None:
     """Display defaults for a node just added to the scene."""
-    if key in ("warped_volume", "jacobian", "segmentation"):
+    if key in ("warped_volume", "jacobian", "segmentation", "brain_mask", "moving_brain_mask"):
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode() if hasattr(node, "GetDisplayNode") else None
     if key == "warped_volume" and display is not None:
@@ -209,33 +249,55 @@ def _style_new_node(key: str, node, plan: ImportPlan) -> None:
         display.SetWindowLevelMinMax(0.0, 2.0)
     elif key == "segmentation" and plan.fixed_node is not None:
         node.SetReferenceImageGeometryParameterFromVolumeNode(plan.fixed_node)
+    elif key in ("brain_mask", "moving_brain_mask"):
+        _style_brain_mask(key, node, plan)
+
+
+def _style_brain_mask(key: str, node, plan: ImportPlan) -> None:
+    """A brain mask node: the geometry of the volume it belongs to, drawn as an outline only (no fill)."""
+    volume = plan.fixed_node if key == "brain_mask" else plan.moving_node
+    if volume is not None:
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    show_brain_mask(node)
+
+
+def _node_ids(scene) -> set:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _remove_added(scene, before: set) -> None:
+    """Remove every node that is in ``scene`` but was not in ``before`` (newest first): the outputs and their display nodes."""
+    added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    for node in reversed([n for n in added if n is not None and n.GetID() not in before]):
+        if node.GetScene() is scene:
+            scene.RemoveNode(node)
 
 
 def commit_outputs(scene, staged: dict, targets: OutputTargets | None, plan: ImportPlan, log=None) -> RegistrationResult:
-    """Add the staged nodes to ``scene`` (or copy them into ``targets``); all or nothing for new nodes."""
+    """Add the staged nodes to ``scene``, then copy the others into ``targets``; all or nothing for new nodes.
+
+    New nodes go in first: if adding or styling one fails, no existing node has been touched yet.
+    On any failure every node added since the commit began is removed, display nodes included."""
     targets = targets or OutputTargets()
     result = RegistrationResult(metrics=staged.get("metrics", {}), log=list(log or []))
-    added = []
+    before = _node_ids(scene)
+    keys = [key for key in OUTPUT_KEYS if staged.get(key) is not None]
     try:
-        for key in OUTPUT_KEYS:
-            node = staged.get(key)
-            if node is None:
-                continue
-            target = getattr(targets, key)
-            if target is not None:
-                _copy_into(target, node, key)
-                if key in ("warped_volume", "jacobian", "segmentation") and target.GetDisplayNode() is None and target.GetScene() is not None:
-                    target.CreateDefaultDisplayNodes()
-                setattr(result, key, target)
-                continue
+        for key in [k for k in keys if getattr(targets, k) is None]:
+            node = staged[key]
             node.SetName(scene.GenerateUniqueName(node.GetName()))
             scene.AddNode(node)
-            added.append(node)
             _style_new_node(key, node, plan)
             setattr(result, key, node)
+        for key in [k for k in keys if getattr(targets, k) is not None]:
+            target = getattr(targets, key)
+            _copy_into(target, staged[key], key)
+            if key in ("warped_volume", "jacobian", *SEGMENTATION_KEYS) and target.GetDisplayNode() is None and target.GetScene() is not None:
+                target.CreateDefaultDisplayNodes()
+            if key in ("brain_mask", "moving_brain_mask") and target.GetScene() is not None:
+                _style_brain_mask(key, target, plan)
+            setattr(result, key, target)
     except Exception:
-        for node in reversed(added):
-            if node.GetScene() is scene:
-                scene.RemoveNode(node)
+        _remove_added(scene, before)
         raise
     return result

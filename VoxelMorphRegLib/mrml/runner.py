@@ -89,11 +89,15 @@ def _check_volume(node, role: str) -> None:
 
 
 def _check_targets(targets: OutputTargets) -> None:
-    """Existing output nodes must be able to hold what goes into them (a displacement grid needs a grid transform node)."""
+    """Existing output nodes must be able to hold what goes into them (a displacement grid needs a grid transform node, a mask a segmentation node)."""
     for key in ("transform", "inverse_transform"):
         node = getattr(targets, key)
         if node is not None and not node.IsA("vtkMRMLGridTransformNode"):
             raise VoxelMorphRegError(f"{node.GetName()}: a {node.GetClassName()} cannot hold the displacement grid; choose a grid transform node or let one be created")
+    for key in ("segmentation", "brain_mask", "moving_brain_mask"):
+        node = getattr(targets, key)
+        if node is not None and not node.IsA("vtkMRMLSegmentationNode"):
+            raise VoxelMorphRegError(f"{node.GetName()}: a {node.GetClassName()} cannot hold a segmentation; choose a segmentation node or let one be created")
 
 
 def _remove_folder(path) -> None:
@@ -124,6 +128,8 @@ class RegistrationRunner(EngineJob):
         inverse_transform: bool = False,
         jacobian: bool = True,
         table: bool = True,
+        brain_mask: bool = True,
+        moving_brain_mask: bool = False,
         engine_prefix=None,
         temp_root=None,
         progress_callback=None,
@@ -138,8 +144,10 @@ class RegistrationRunner(EngineJob):
         self.fixed_segmentation = fixed_segmentation
         self.options = options if options is not None else default_register_options()
         self.targets = targets or OutputTargets()
-        # Which optional outputs to import (the engine writes them all).
+        # Which optional outputs to import (the engine writes them all; the brain masks only when it used them,
+        # which options.brain_mask "off" rules out).
         self.inverse_transform, self.jacobian, self.table = bool(inverse_transform), bool(jacobian), bool(table)
+        self.brain_mask, self.moving_brain_mask = bool(brain_mask), bool(moving_brain_mask)
         self.engine_prefix = list(engine_prefix) if engine_prefix else default_engine_prefix()
         self.temp_root = temp_root if temp_root is not None else default_temp_root()
 
@@ -168,6 +176,8 @@ class RegistrationRunner(EngineJob):
             inverse_transform=self.inverse_transform,
             jacobian=self.jacobian,
             table=self.table,
+            brain_mask=self.brain_mask,
+            moving_brain_mask=self.moving_brain_mask,
         )
         moving_infos = []
         if self.moving_segmentation is not None:

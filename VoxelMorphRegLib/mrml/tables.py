@@ -5,8 +5,13 @@ One row per measurement, columns ``Metric``, ``Segment``, ``Label``, ``Before``,
 
 * ``Dice`` -- one row per label the engine compared (fixed segmentation vs. moving one
   before and after registration), named after the segment; then ``Dice (mean)``;
+* ``Brain masks used`` -- 1 when the registration went brain to brain (``--brain-mask auto`` on a
+  whole head), else 0; ``Segment`` holds the mode (``auto``/``off``). Then ``Brain mask volume:
+  fixed`` and ``...: moving`` in mL, saying where each mask came from (the brain extraction
+  network, or the foreground of a scan that was already skull-stripped);
 * ``Folding fraction`` -- fraction of fixed voxels where det(J) <= 0 (``After`` only);
 * ``Std of log det(J)`` -- on the unclipped field (``After`` only);
+  ``Segment`` of these two says where they were taken: ``fixed brain mask`` or ``whole fixed grid``;
 * ``Runtime: <stage>`` and ``Runtime: total`` in seconds.
 
 ``Before`` is NaN where a measurement has no "before". The compute device and the model are
@@ -28,7 +33,7 @@ from ..errors import VoxelMorphRegError
 COLUMNS = ("Metric", "Segment", "Label", "Before", "After", "Unit")
 _DESCRIPTIONS = {
     "Metric": "What is measured",
-    "Segment": "Segment the Dice row is about",
+    "Segment": "Segment the Dice row is about; the region the folding rows cover; the brain mask mode",
     "Label": "Label value used in the label maps given to the engine",
     "Before": "Value before registration (Dice of fixed vs. moving as given)",
     "After": "Value after registration",
@@ -63,16 +68,36 @@ def metric_rows(metrics: dict, label_names: dict[int, str] | None = None) -> lis
             label = int(label)
             rows.append(("Dice", label_names.get(label, f"Label {label}"), label, _number(before.get(str(label))), _number(after.get(str(label))), ""))
         rows.append(("Dice (mean)", "", 0, _number(dice.get("mean_before")), _number(dice.get("mean_after")), ""))
+    rows += brain_mask_rows(metrics)
+    region = str(metrics.get("folding_region") or "")
     if "folding_fraction" in metrics:
-        rows.append(("Folding fraction (det J <= 0)", "", 0, math.nan, _number(metrics["folding_fraction"]), "fraction of voxels"))
+        rows.append(("Folding fraction (det J <= 0)", region, 0, math.nan, _number(metrics["folding_fraction"]), "fraction of voxels"))
     if "std_log_jacobian" in metrics:
-        rows.append(("Std of log det J", "", 0, math.nan, _number(metrics["std_log_jacobian"]), ""))
+        rows.append(("Std of log det J", region, 0, math.nan, _number(metrics["std_log_jacobian"]), ""))
     seconds = metrics.get("seconds") or {}
     for stage, value in seconds.items():
         if stage != "total":
             rows.append((f"Runtime: {stage}", "", 0, math.nan, _number(value), "s"))
     if "total" in seconds:
         rows.append(("Runtime: total", "", 0, math.nan, _number(seconds["total"]), "s"))
+    return rows
+
+
+_MASK_SOURCES = {"network": "brain extraction network", "stripped": "skull-stripped scan's foreground"}
+
+
+def brain_mask_rows(metrics: dict) -> list[tuple]:
+    """Whether the brain masks were used, and each mask's volume (mL) and origin, from metrics.json's ``brain_mask``."""
+    report = metrics.get("brain_mask") or {}
+    mode = str(metrics.get("brain_mask_mode") or report.get("mode") or "")
+    if not report and not mode:
+        return []  # an engine from before the brain masks
+    rows = [("Brain masks used", mode, 0, math.nan, 1.0 if report.get("used") else 0.0, "1 = yes, 0 = no")]
+    for role in ("fixed", "moving"):
+        mask = report.get(role) or {}
+        if "volume_ml" in mask:
+            source = _MASK_SOURCES.get(mask.get("source"), str(mask.get("source") or "unknown source"))
+            rows.append((f"Brain mask volume: {role} ({source})", "Brain", 0, math.nan, _number(mask["volume_ml"]), "mL"))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Slice view setup after a registration: fixed behind, warped in front, segments as outlines.
+"""Slice view setup after a registration: fixed behind, warped in front, segments and the fixed brain mask as outlines.
 
 Everything here acts on MRML nodes (slice composite nodes, display nodes), so it works the same
 with or without the application; fitting the views needs slice logics, which the application
@@ -34,6 +34,19 @@ def show_segmentation_outlines(segmentation_node, thickness: int = 2) -> None:
     display.SetSliceIntersectionThickness(int(thickness))
 
 
+BRAIN_MASK_OUTLINE_THICKNESS = 1  # thinner than the segments' outlines: the mask frames the anatomy, the segments are the result
+
+
+def show_brain_mask(mask_node) -> None:
+    """Show a brain mask's segmentation in the slice views as a thin outline (no fill)."""
+    if mask_node is None:
+        return
+    show_segmentation_outlines(mask_node, BRAIN_MASK_OUTLINE_THICKNESS)
+    display = mask_node.GetDisplayNode()
+    if display is not None:
+        display.SetVisibility2D(True)
+
+
 def fit_slice_views(slice_logics) -> int:
     """Fit each slice view to its volumes (the background, the fixed volume, first); returns how many views were fitted.
 
@@ -53,11 +66,12 @@ def fit_slice_views(slice_logics) -> int:
     return fitted
 
 
-def show_registration(scene, fixed_volume, warped_volume, segmentation_node=None, opacity: float = 0.5, slice_logics=None, hidden_segmentations=()) -> None:
+def show_registration(scene, fixed_volume, warped_volume, segmentation_node=None, opacity: float = 0.5, slice_logics=None, hidden_segmentations=(), brain_mask=None) -> None:
     """Fixed volume as background, warped volume as foreground at ``opacity``, segmentation as outlines.
 
     ``hidden_segmentations``: segmentations to hide in the slice views (e.g. the moving one, which
-    would otherwise be drawn in the moving image's place over the fixed one).
+    would otherwise be drawn in the moving image's place over the fixed one). ``brain_mask``: the
+    fixed brain mask's segmentation node, shown as an outline (:func:`show_brain_mask`).
     """
     for composite in slice_composite_nodes(scene):
         composite.SetBackgroundVolumeID(fixed_volume.GetID() if fixed_volume is not None else None)
@@ -67,4 +81,5 @@ def show_registration(scene, fixed_volume, warped_volume, segmentation_node=None
         if node is not None and node is not segmentation_node and node.GetDisplayNode() is not None:
             node.GetDisplayNode().SetVisibility2D(False)
     show_segmentation_outlines(segmentation_node)
+    show_brain_mask(brain_mask)
     fit_slice_views(slice_logics)
