@@ -165,6 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="a small synthetic pair instead of the data (checks the script)")
     parser.add_argument("--model", default="bundled", help="bundled (default), none or a checkpoint file")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--brain-mask", default="auto", choices=("auto", "off"), help="the module's Brain mask check box: auto (on, the default) or off")
     parser.add_argument("--out-dir", default=str(DEFAULT_OUT), help="where the pictures go (default: Resources/Screenshots)")
     parser.add_argument("--size", type=int, default=360, help="pixels per view side in the PNG (default 360)")
     parser.add_argument("--fade-size", type=int, default=200, help="pixels per view side in the GIF (default 200)")
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
         logic = module.VoxelMorphRegLogic()
         started = time.perf_counter()
         try:
-            result = logic.register(fixed, moving, movingSegmentation=moving_segmentation, fixedSegmentation=fixed_segmentation, model=args.model, device=args.device)
+            result = logic.register(fixed, moving, movingSegmentation=moving_segmentation, fixedSegmentation=fixed_segmentation, model=args.model, device=args.device, brainMask=args.brain_mask == "auto")
         except VoxelMorphRegError as exc:
             _say(f"the registration failed: {exc}")
             return 1
