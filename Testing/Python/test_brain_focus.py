@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import blob_volume, rotation
-from test_brain_mask import SphereNetwork
+from brain_mask_stubs import SphereNetwork
 from VoxelMorphRegLib.brain_mask_model import BrainMaskConfig
 from VoxelMorphRegLib.contract import RegisterOptions
 from VoxelMorphRegLib.image.displacement import (compose_inverse_on_moving, compose_on_fixed, index_to_physical_matrix, moving_region, vector_image)
@@ -108,7 +108,8 @@ def _whole_head(seed, shift=(0.0, 0.0, 0.0), structure=(0.0, 0.0, 0.0)):
     return head
 
 
-def test_whole_head_field_is_affine_far_from_the_brain_and_smooth_everywhere(sphere_masks):
+def test_whole_head_field_is_affine_far_from_the_brain_and_smooth_everywhere(sphere_masks, monkeypatch):
+    monkeypatch.setattr(brain_focus, "MIN_BRAIN_ML", 10.0)  # the phantom's "brain" is 45 mL
     fixed, moving = _whole_head(1), _whole_head(2, shift=(2.0, -1.5, 1.0), structure=(0.08, -0.06, 0.05))
     options = RegisterOptions(model="none", refine_iterations=12, qc=False)
     options.brain_mask = "auto"
@@ -152,3 +153,33 @@ def test_two_stripped_scans_run_exactly_as_without_the_focus(oblique_image):
     report = results["auto"].metrics["brain_mask"]
     assert report["used"] is False and report["fixed"]["source"] == report["moving"]["source"] == "stripped"
     assert results["auto"].metrics["folding_region"] == "whole fixed grid"
+
+
+def test_a_scan_without_a_brain_is_registered_as_it_is_with_a_warning(monkeypatch):
+    config = BrainMaskConfig()
+    monkeypatch.setattr(bm, "load_mask_network", lambda model=None: (SphereNetwork(3.0, config.spacing, offset=(0.0, 0.0, 0.0)), config))
+    fixed, moving = _whole_head(1), _whole_head(2, shift=(2.0, -1.5, 1.0))
+    lines, results = [], {}
+    for mode in ("auto", "off"):
+        options = RegisterOptions(model="none", refine_iterations=3, qc=False)
+        options.brain_mask = mode
+        results[mode] = register_images(fixed, moving, options, log=lines.append)
+    report = results["auto"].metrics["brain_mask"]
+    assert report["used"] is False and "registered as they are" in report["fallback"]
+    assert any(line.startswith("warning: the brain mask of the fixed image found") for line in lines)
+    assert results["auto"].metrics["model_grid"] == results["off"].metrics["model_grid"]
+    np.testing.assert_allclose(sitk.GetArrayFromImage(results["auto"].displacement), sitk.GetArrayFromImage(results["off"].displacement), atol=1.01 / 1024, rtol=0)
+
+
+def test_a_stripped_scan_with_negative_values_inside_is_recognised():
+    image = blob_volume(size=(40, 36, 32))
+    array = sitk.GetArrayFromImage(image)
+    inside = array > 0
+    array[inside] = (array[inside] - array[inside].mean()) / array[inside].std()  # z-scored brain, background exactly 0
+    zscored = sitk.GetImageFromArray(array)
+    zscored.CopyInformation(image)
+    assert bm.looks_stripped(zscored)
+    assert not bm.looks_stripped(_whole_head(1))
+    mask = bm.brain_mask(zscored, "auto")
+    assert mask.source == "stripped"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask.mask) > 0, array != 0)

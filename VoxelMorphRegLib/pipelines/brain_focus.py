@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..errors import VoxelMorphRegError
 from ..image.displacement import sub_grid
 from .brain_mask import BrainMask, brain_mask, stripped_image
 
@@ -32,11 +33,17 @@ TAPER_END_MM = 18.0
 GRID_MARGIN_MM = 24.0  # > TAPER_END_MM: the deformation is zero where the model grid ends
 
 
+# A network mask smaller than this is no brain (a phantom, a scan of another body part): the pair
+# is then registered as it is, with a warning.
+MIN_BRAIN_ML = 150.0
+
+
 @dataclass
 class BrainFocus:
     mode: str
     fixed: BrainMask | None = None
     moving: BrainMask | None = None
+    fallback: str | None = None  # why the masks were not used although asked for
 
     @property
     def used(self) -> bool:
@@ -45,6 +52,8 @@ class BrainFocus:
 
     def describe(self) -> dict:
         report = {"mode": self.mode, "used": self.used}
+        if self.fallback:
+            report["fallback"] = self.fallback
         if self.fixed is not None:
             report["fixed"] = self.fixed.describe()
             report["moving"] = self.moving.describe()
@@ -58,7 +67,19 @@ def focus_pair(fixed: sitk.Image, moving: sitk.Image, mode: str, model=None) -> 
         return BrainFocus(mode)
     if mode != "auto":
         raise ValueError(f"brain mask mode must be one of {BRAIN_MASK_MODES}, got {mode!r}")
-    return BrainFocus(mode, brain_mask(fixed, "auto", model), brain_mask(moving, "auto", model))
+    masks = []
+    for role, image in (("fixed", fixed), ("moving", moving)):
+        try:
+            mask = brain_mask(image, "auto", model)
+        except VoxelMorphRegError as exc:
+            if "no brain found" not in str(exc):
+                raise
+            mask = None
+        if mask is None or (mask.source == "network" and mask.volume_ml < MIN_BRAIN_ML):
+            found = "no brain" if mask is None else f"only {mask.volume_ml:.0f} mL"
+            return BrainFocus(mode, fallback=f"the brain mask of the {role} image found {found}; the images were registered as they are")
+        masks.append(mask)
+    return BrainFocus(mode, *masks)
 
 
 def brains(focus: BrainFocus, fixed: sitk.Image, moving: sitk.Image) -> tuple[sitk.Image, sitk.Image]:

@@ -65,13 +65,13 @@ def load_mask_network(path=None):
 
 
 def looks_stripped(image: sitk.Image) -> bool:
-    """True for a scan whose background is zeroed around a brain-sized rest (a skull-stripped brain)."""
+    """True for a scan whose background is zeroed around a brain-sized rest (a skull-stripped brain):
+    at least STRIPPED_BACKGROUND_SHARE of its voxels hold the background (its minimum, or 0 where
+    the brain holds negative values too) and the rest is at most STRIPPED_MAX_VOLUME_ML."""
     array = sitk.GetArrayViewFromImage(image)
-    low = array.min()
-    background = float(np.count_nonzero(array <= low)) / array.size
+    background = max(np.count_nonzero(array <= array.min()), np.count_nonzero(array == 0))
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    rest_ml = (array.size - background * array.size) * voxel_ml
-    return background >= STRIPPED_BACKGROUND_SHARE and rest_ml <= STRIPPED_MAX_VOLUME_ML
+    return background >= STRIPPED_BACKGROUND_SHARE * array.size and (array.size - background) * voxel_ml <= STRIPPED_MAX_VOLUME_ML
 
 
 def network_grids(image: sitk.Image, config: BrainMaskConfig, divisor: int):
@@ -137,7 +137,7 @@ def mask_from_distance(distance: sitk.Image, image: sitk.Image, threshold_mm: fl
 
     box = sub_grid(image, low, high - low)
     fine = sitk.Resample(cleaned, box, sitk.Transform(), sitk.sitkLinear, threshold_mm + 1.0, sitk.sitkFloat32) < threshold_mm
-    out[low[2]:high[2], low[1]:high[1], low[0]:high[0]] = sitk.GetArrayViewFromImage(clean_mask(fine))
+    out[low[2]:high[2], low[1]:high[1], low[0]:high[0]] = sitk.GetArrayFromImage(clean_mask(fine))  # a copy: a view of a temporary image reads freed memory
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
     return result
@@ -159,7 +159,8 @@ def brain_mask(image: sitk.Image, mode: str = "network", model=None) -> BrainMas
     started = time.perf_counter()
     if mode == "auto" and looks_stripped(image):
         array = sitk.GetArrayViewFromImage(image)
-        mask = sitk.GetImageFromArray((array > array.min()).astype(np.uint8))
+        background = 0 if np.count_nonzero(array == 0) > np.count_nonzero(array <= array.min()) else array.min()
+        mask = sitk.GetImageFromArray((array != background).astype(np.uint8))
         mask.CopyInformation(image)
         source = "stripped"  # the scan's own foreground, as it is
     else:

@@ -171,6 +171,9 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, options: RegisterOptions
     if mode != "off":
         stages.start("brain_mask", 7, "brain masks (bundled brain extraction network; a stripped scan keeps its own)")
     focus = focus_pair(fixed, moving, mode, options.brain_mask_model)
+    if focus.fallback:
+        log(f"warning: {focus.fallback}")
+        events(Message(focus.fallback, "warning"))
     fixed_in, moving_in = brains(focus, fixed, moving) if focus.used else (fixed, moving)
     if should_stop():
         raise CancelledError("registration cancelled")
@@ -269,7 +272,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         "folding_region": "fixed brain mask" if focus is not None and focus.used else "whole fixed grid",
         "brain_mask_mode": options.brain_mask,
     }
-    if focus is not None and focus.fixed is not None:
+    if focus is not None and (focus.fixed is not None or focus.fallback):
         metrics["brain_mask"] = focus.describe()
     if fallback:
         metrics["fallback"] = fallback
