@@ -5,7 +5,7 @@ slicer-core, the real engine in its own process, a small synthetic pair, no mode
 refinement iterations: a few seconds), then Slicer's own slice pipeline renders the Red, Yellow
 and Green views offscreen (``slice_rendering``: slice logics, layer logics, the segmentation and
 transform displayable managers, VTK through EGL). Each test compares the pixels with what
-README.md promises, and with what a broken promise would show, so that it can fail.
+docs/SLICER.md promises, and with what a broken promise would show, so that it can fail.
 
 The pair: the fixed volume is a synthetic "brain" with three label bands (Body, Core, Spot);
 the moving one is the same anatomy moved by a known rigid motion (6-7 mm, 10 degrees) onto

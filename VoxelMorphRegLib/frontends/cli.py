@@ -66,7 +66,7 @@ def _add_register(sub):
 
 
 def _add_common(p):
-    p.add_argument("--events", metavar="DEST", help="also write progress events, one JSON object per line, to DEST: '-' (stdout), 'fd:N' or a file (see README, Command line: Events)")
+    p.add_argument("--events", metavar="DEST", help="also write progress events, one JSON object per line, to DEST: '-' (stdout), 'fd:N' or a file (see docs/COMMAND_LINE.md, Events)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     _add_stop_option(p)
 

@@ -347,7 +347,7 @@ def _dice_report(fixed_labels, moving_labels, affine, warped_labels) -> dict:
 
 def register_files(fixed_path, moving_path, out_dir, options: RegisterOptions | None = None, moving_labels=None, fixed_labels=None, log=print, should_stop=lambda: False, events=no_events, model: LoadedModel | None = None,
                    images: PairImages | None = None, started: float | None = None) -> RegistrationResult:
-    """Read, register and write every output into ``out_dir`` (see README: Outputs).
+    """Read, register and write every output into ``out_dir`` (see docs/OUTPUTS.md).
 
     ``images``: the pair already read (:func:`~..image.pair_files.read_pair`; the command line
     reads it while this module is imported), with ``started`` the ``time.perf_counter()`` when its
