@@ -17,6 +17,8 @@ BUNDLED = "bundled"
 NO_MODEL = "none"  # no network: per-pair optimisation from a zero velocity
 # The bundled model files, preferred first: the newest one present is "the bundled model".
 BUNDLED_MODEL_FILES = ("voxelmorphreg_v2.pt", "voxelmorphreg_v1.pt")
+# The bundled brain extraction model (``--brain-mask auto``, ``voxelmorphreg brain-mask``).
+BRAIN_MASK_MODEL_FILE = "voxelmorphreg_brainmask_v1.pt"
 MODEL_DIR_VARIABLE = "VOXELMORPHREG_MODEL_DIR"
 
 
@@ -66,3 +68,12 @@ def resolve_model_path(spec) -> Path | None:
     if not path.is_file():
         raise VoxelMorphRegError(f"{path}: model file not found")
     return path
+
+
+def bundled_brain_mask_model_path() -> Path:
+    """The bundled brain extraction model file; a one-line error when there is none."""
+    for place in model_search_path():
+        if (place / BRAIN_MASK_MODEL_FILE).is_file():
+            return place / BRAIN_MASK_MODEL_FILE
+    searched = ", ".join(str(p) for p in model_search_path())
+    raise VoxelMorphRegError(f"bundled brain mask model {BRAIN_MASK_MODEL_FILE} not found (looked in {searched}); pass --brain-mask-model FILE or --brain-mask off")

@@ -20,10 +20,8 @@ import torch
 from ..brain_mask_model import BrainMaskConfig, load_brain_mask_model
 from ..errors import VoxelMorphRegError
 from ..image.model_grid import model_grid
-from ..model_resolution import model_search_path
+from ..model_resolution import bundled_brain_mask_model_path
 from ..tensor.head_synthesis import normalise_intensity
-
-BRAIN_MASK_MODEL_FILE = "voxelmorphreg_brainmask_v1.pt"
 
 # An image counts as already skull-stripped when at least this share of its voxels hold its
 # minimum (the zeroed background) and the rest is no larger than a brain with its CSF can be.
@@ -43,11 +41,7 @@ class BrainMask:
 
 
 def bundled_brain_mask_model() -> Path:
-    for place in model_search_path():
-        if (place / BRAIN_MASK_MODEL_FILE).is_file():
-            return place / BRAIN_MASK_MODEL_FILE
-    searched = ", ".join(str(p) for p in model_search_path())
-    raise VoxelMorphRegError(f"bundled brain mask model {BRAIN_MASK_MODEL_FILE} not found (looked in {searched}); pass --brain-mask-model FILE or --brain-mask off")
+    return bundled_brain_mask_model_path()
 
 
 _LOADED: dict = {}
