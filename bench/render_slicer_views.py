@@ -1,6 +1,10 @@
 """Pictures of the slice views as Slicer draws them after a registration, for the README.
 
-A real registration of two aseg subjects (default subj02 onto subj01) through the module's logic
+By default (``--pair clinical``) two real whole-head T1 scans as a clinician would load them
+(``../shared/data/clinical``: niivue_t1_head as the fixed scan, BSD-2-Clause; brainchop_t1 as the
+moving one with its white matter as the segmentation, MIT), registered brain to brain with the
+module's default Brain mask option, the fixed brain mask outlined. ``--pair aseg``: a real
+registration of two aseg subjects (default subj02 onto subj01) through the module's logic
 (``VoxelMorphRegLogic.register`` from VoxelMorphReg.py on slicer-core, the application stood in
 for by ``Testing/Python/slicer_app_fakes``; the engine runs in its own process) with the bundled
 model and its default settings; the moving subject's deep structures go along as a segmentation.
@@ -46,6 +50,7 @@ VIEW_COLORS = {"Red": (243, 128, 128), "Yellow": (237, 213, 103), "Green": (110,
 
 # Deep structures of FreeSurfer's aseg, with FreeSurferColorLUT's names and colours: outlines that
 # stay readable (cortex and white matter outlines would cover the whole brain).
+CLINICAL_STRUCTURES = {2: ("White matter", (245, 245, 245))}  # the clinical pair's moving segmentation (brainchop_gm_wm: 2 = WM)
 DEEP_STRUCTURES = {
     4: ("Left-Lateral-Ventricle", (120, 18, 134)), 43: ("Right-Lateral-Ventricle", (120, 18, 134)),
     10: ("Left-Thalamus", (0, 118, 14)), 49: ("Right-Thalamus", (0, 118, 14)),
@@ -85,6 +90,17 @@ def _inputs(args):
         fixed = blob_volume(size=(64, 60, 56), spacing=(1.5, 1.5, 1.5), seed=0)
         moving = blob_volume(size=(64, 60, 56), spacing=(1.55, 1.45, 1.5), direction=rotation(0.1, 0.0, 0.05), origin=(3.0, -2.0, 1.0), seed=1)
         return fixed, blob_labels(fixed), moving, blob_labels(moving)
+    if args.pair == "clinical":
+        clinical = ROOT.parent / "shared" / "data" / "clinical"
+        paths = [clinical / "niivue_t1_head.nii.gz", clinical / "brainchop_t1.nii.gz", clinical / "brainchop_gm_wm.nii.gz"]
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            _say(f"skipped: no data at {clinical} ({missing[0].name} missing; --synthetic checks the script without it)")
+            return None
+        fixed, moving, tissues = (sitk.ReadImage(str(p)) for p in paths)
+        white = sitk.GetImageFromArray((sitk.GetArrayFromImage(tissues) == 2).astype(np.int16) * 2)  # white matter only: readable outlines
+        white.CopyInformation(tissues)
+        return sitk.Cast(fixed, sitk.sitkFloat32), None, sitk.Cast(moving, sitk.sitkFloat32), white
     data = Path(args.data)
     paths = [data / f"{args.fixed}_norm.nii.gz", data / f"{args.fixed}_seg.nii.gz", data / f"{args.moving}_norm.nii.gz", data / f"{args.moving}_seg.nii.gz"]
     missing = [p for p in paths if not p.exists()]
@@ -112,7 +128,7 @@ def _segmentation(scene, labels, name):
     array = sitk.GetArrayFromImage(labels)
     infos = []
     for value in sorted(int(v) for v in np.unique(array) if v != 0):
-        label_name, rgb = DEEP_STRUCTURES.get(value, (f"Label {value}", tuple(int(255 * c) for c in segmentations.default_color(value))))
+        label_name, rgb = {**DEEP_STRUCTURES, **CLINICAL_STRUCTURES}.get(value, (f"Label {value}", tuple(int(255 * c) for c in segmentations.default_color(value))))
         infos.append(segmentations.LabelInfo(value, label_name, tuple(c / 255.0 for c in rgb)))
     node = segmentations.new_segmentation_from_labels(array, volumes.ijk_to_ras_from_sitk(labels), infos, name=name)
     scene.AddNode(node)
@@ -160,6 +176,9 @@ def _font(size: int):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with subjNN_norm.nii.gz and subjNN_seg.nii.gz (default: ../shared/data/aseg)")
+    parser.add_argument("--pair", default="clinical", choices=("clinical", "aseg"),
+                        help="clinical (default): two real whole-head T1 scans of the shared clinical folder with permissive licences (niivue_t1_head, BSD-2-Clause; "
+                             "brainchop_t1 and its white matter, MIT), registered brain to brain; aseg: two of --data's subjects")
     parser.add_argument("--fixed", default="subj01")
     parser.add_argument("--moving", default="subj02")
     parser.add_argument("--synthetic", action="store_true", help="a small synthetic pair instead of the data (checks the script)")
@@ -201,12 +220,14 @@ def main(argv=None) -> int:
         slicer_module.app.layoutManager = lambda: slice_views  # the module fits the views through it
 
         fixed_image, fixed_labels, moving_image, moving_labels = inputs
-        fixed_name, moving_name = ("fixed", "moving") if args.synthetic else (args.fixed, args.moving)
+        fixed_name, moving_name = ("fixed", "moving") if args.synthetic else (("niivue_t1_head", "brainchop_t1") if args.pair == "clinical" else (args.fixed, args.moving))
         fixed = volumes.sitk_to_volume(fixed_image, scene=scene, name=fixed_name)
         moving = volumes.sitk_to_volume(moving_image, scene=scene, name=moving_name)
-        fixed_segmentation = _segmentation(scene, fixed_labels, f"{fixed_name} deep structures")
-        fixed_segmentation.GetDisplayNode().SetVisibility2D(False)  # for Dice only
-        moving_segmentation = _segmentation(scene, moving_labels, f"{moving_name} deep structures")
+        fixed_segmentation = None
+        if fixed_labels is not None:
+            fixed_segmentation = _segmentation(scene, fixed_labels, f"{fixed_name} deep structures")
+            fixed_segmentation.GetDisplayNode().SetVisibility2D(False)  # for Dice only
+        moving_segmentation = _segmentation(scene, moving_labels, f"{moving_name} {'white matter' if args.pair == 'clinical' and not args.synthetic else 'deep structures'}")
 
         logic = module.VoxelMorphRegLogic()
         started = time.perf_counter()
