@@ -291,13 +291,13 @@ def test_the_jacobian_shows_with_window_0_to_2(run):
 
 
 def test_the_pictures_script_says_in_one_line_that_it_has_no_data(tmp_path):
-    """bench/render_slicer_views.py, re-run by anyone: without the aseg data one line and exit 0, nothing written."""
+    """bench/render_slicer_views.py, re-run by anyone: without its data (here --pair aseg with a missing --data) one line and exit 0, nothing written."""
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "bench" / "render_slicer_views.py"
-    done = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "absent"), "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(script), "--pair", "aseg", "--data", str(tmp_path / "absent"), "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"render_slicer_views: skipped: no data at {tmp_path / 'absent'} (subj01_norm.nii.gz missing; --synthetic checks the script without it)"]
     assert not (tmp_path / "out").exists()
