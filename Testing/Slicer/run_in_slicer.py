@@ -120,6 +120,13 @@ def check_result(runner, fixed, moving):
     after = correlation(fixed_array, slicer.util.arrayFromVolume(warped))
     slicer.mrmlScene.RemoveNode(unregistered)
     check("the warped volume matches the fixed one better than the moving one did", after > before and after > 0.9, f"correlation {before:.3f} -> {after:.3f}")
+    # MRHead is a whole head: with the Brain mask check box on (the default) the fixed brain mask comes back
+    mask = getattr(result, "brain_mask", None)
+    voxels = int((slicer.util.arrayFromSegmentBinaryLabelmap(mask, mask.GetSegmentation().GetNthSegmentID(0), fixed) > 0).sum()) if mask is not None else 0
+    spacing = fixed.GetSpacing()
+    volume_ml = voxels * spacing[0] * spacing[1] * spacing[2] / 1000.0
+    check("the fixed brain mask is an outlined segmentation of a brain-sized volume", mask is not None and 800 < volume_ml < 2200
+          and mask.GetDisplayNode().GetVisibility2DOutline() and not mask.GetDisplayNode().GetVisibility2DFill(), f"{volume_ml:.0f} mL")
     return result
 
 
