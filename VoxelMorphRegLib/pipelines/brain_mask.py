@@ -19,7 +19,6 @@ import torch
 
 from ..brain_mask_model import BrainMaskConfig, load_brain_mask_model
 from ..errors import VoxelMorphRegError
-from ..image.model_grid import model_grid
 from ..model_resolution import bundled_brain_mask_model_path
 from ..tensor.head_synthesis import normalise_intensity
 
@@ -68,12 +67,29 @@ def looks_stripped(image: sitk.Image) -> bool:
     return background >= STRIPPED_BACKGROUND_SHARE * array.size and (array.size - background) * voxel_ml <= STRIPPED_MAX_VOLUME_ML
 
 
+# The network learnt heads inside a 256 mm cube of air (64 voxels of 4 mm): a scan whose field of
+# view hugs the head is given the same surroundings, at least NETWORK_MARGIN_MM of background
+# around its field of view and at least NETWORK_MIN_EXTENT_MM per axis.
+NETWORK_MARGIN_MM = 0.0
+NETWORK_MIN_EXTENT_MM = 256.0
+
+
 def network_grids(image: sitk.Image, config: BrainMaskConfig, divisor: int):
-    """The network's grid over ``image``'s field of view, and the grid at half its spacing whose
-    2x2x2 blocks average onto it."""
-    coarse = model_grid(image, [config.spacing] * 3, config.orientation, divisor)
-    direction = np.array(coarse.GetDirection()).reshape(3, 3)
-    fine = sitk.Image([2 * n for n in coarse.GetSize()], sitk.sitkFloat32)
+    """The network's grid over ``image``'s field of view (with the margin above), and the grid at half
+    its spacing whose 2x2x2 blocks average onto it."""
+    from ..image.model_grid import direction_from_orientation, physical_corners
+
+    direction = direction_from_orientation(config.orientation)
+    corners = physical_corners(image) @ direction
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    extent = np.maximum(high - low + 2 * NETWORK_MARGIN_MM, NETWORK_MIN_EXTENT_MM)
+    voxels = np.ceil(extent / config.spacing / divisor).astype(int) * divisor
+    first = (low + high) / 2 - (voxels - 1) / 2 * config.spacing
+    coarse = sitk.Image([int(n) for n in voxels], sitk.sitkFloat32)
+    coarse.SetSpacing([config.spacing] * 3)
+    coarse.SetDirection(direction.flatten().tolist())
+    coarse.SetOrigin((direction @ first).tolist())
+    fine = sitk.Image([2 * int(n) for n in voxels], sitk.sitkFloat32)
     fine.SetSpacing([config.spacing / 2] * 3)
     fine.SetDirection(coarse.GetDirection())
     fine.SetOrigin((np.array(coarse.GetOrigin()) - direction @ np.full(3, config.spacing / 4)).tolist())
@@ -86,11 +102,14 @@ def predict_distance(image: sitk.Image, network, config: BrainMaskConfig) -> sit
     source = sitk.Cast(image, sitk.sitkFloat32)
     if min(image.GetSpacing()) < config.spacing / 4:  # finer than a quarter of the network's voxel: smooth before sampling at half of it
         source = sitk.SmoothingRecursiveGaussian(source, [max(0.01, (config.spacing / 4 - s) / 2) for s in image.GetSpacing()])
-    low = float(sitk.GetArrayViewFromImage(source).min())
-    sampled = sitk.Resample(source, fine, sitk.Transform(), sitk.sitkLinear, low, sitk.sitkFloat32)  # beyond the scan: its background
-    tensor = torch.from_numpy(sitk.GetArrayFromImage(sampled))[None, None] - low
-    with torch.inference_mode():
-        distance = network(normalise_intensity(torch.nn.functional.avg_pool3d(tensor, 2)))[0, 0].numpy()
+    sampled = torch.from_numpy(sitk.GetArrayFromImage(sitk.Resample(source, fine, sitk.Transform(), sitk.sitkLinear, float("nan"), sitk.sitkFloat32)))[None, None]
+    inside = ~torch.isnan(sampled)
+    low = float(sampled[inside].min()) if bool(inside.any()) else 0.0
+    tensor = torch.nan_to_num(sampled, nan=low) - low  # beyond the scan: its background
+    pooled = torch.nn.functional.avg_pool3d(tensor, 2)
+    covered = torch.nn.functional.avg_pool3d(inside.float(), 2) > 0.99
+    with torch.inference_mode():  # the intensity scale from the scan's own field of view, not the margin's air
+        distance = network(normalise_intensity(pooled, covered if bool(covered.any()) else None))[0, 0].numpy()
     out = sitk.GetImageFromArray(distance.astype(np.float32))
     out.CopyInformation(coarse)
     return out

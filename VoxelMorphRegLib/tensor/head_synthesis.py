@@ -162,9 +162,10 @@ def render_head(labels: torch.Tensor, distance: torch.Tensor, tissue_t1: torch.T
     return normalise_intensity(image), target.clamp(-settings.distance_clip, settings.distance_clip), weight
 
 
-def normalise_intensity(image: torch.Tensor) -> torch.Tensor:
-    """Clip at the 0.5th / 99.5th percentile (a strided sample) and scale to [0, 1], as inference does."""
-    sample = image.flatten()[::3].float()
+def normalise_intensity(image: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
+    """Clip at the 0.5th / 99.5th percentile (a strided sample; of the voxels ``within`` where given) and
+    scale to [0, 1], as inference does."""
+    sample = (image.flatten() if within is None else image[within]).flatten()[::3].float()
     low, high = torch.quantile(sample, 0.005), torch.quantile(sample, 0.995)
     return ((image - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
 
