@@ -205,3 +205,18 @@ def test_bundled_model_masks_a_real_whole_head_t1():
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED_DATA / "clinical" / "brainchop_gm_wm.nii.gz")))
     mask = sitk.GetArrayFromImage(result.mask) > 0
     assert (mask[labels > 0]).mean() > 0.97  # grey and white matter are inside it
+
+
+def test_the_network_grid_gives_a_tight_field_of_view_the_air_it_was_trained_with():
+    """The network learnt heads inside 256 mm of air: a scan that hugs the head gets a grid of at least
+    that extent, centred on its field of view, and its fine grid averages exactly onto it."""
+    image = _head(size=(90, 80, 70), spacing=(1.1, 0.9, 1.6), direction=rotation(0.2, 0.1, -0.3))
+    config = BrainMaskConfig()
+    coarse, fine = bm.network_grids(image, config, 16)
+    assert all(n * config.spacing >= bm.NETWORK_MIN_EXTENT_MM and n % 16 == 0 for n in coarse.GetSize())
+    centre = np.array(coarse.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in coarse.GetSize()]))
+    np.testing.assert_allclose(centre, _field_of_view_centre(image), atol=1e-6)
+    assert fine.GetSize() == tuple(2 * n for n in coarse.GetSize())
+    # the first 2x2x2 block of the fine grid is centred on the first coarse voxel
+    block = np.mean([fine.TransformIndexToPhysicalPoint((i, j, k)) for i in (0, 1) for j in (0, 1) for k in (0, 1)], axis=0)
+    np.testing.assert_allclose(block, coarse.GetOrigin(), atol=1e-6)
