@@ -98,6 +98,7 @@ class RegisterOptions:
     jacobian: bool = option("--no-jacobian", "do not write jacobian (metrics.json still has the folding statistics)", True, negates=True)
     compress: bool = option("--uncompressed", "write the images as uncompressed .nii (warped.nii ...): larger, faster to write and read back", True, negates=True)
     brain_mask: str = option("--brain-mask", "auto: mask both scans' brains (a scan that is already skull-stripped keeps its own foreground) and register the brains; off: register the images as they are", "auto", choices=("auto", "off"))
+    contrast: str = option("--contrast", "auto: tell from the images whether fixed and moving have the same contrast; with two contrasts (T2 onto T1...) the network is skipped and the refinement runs alone from zero (--model none's schedule); same / different: decide without looking", "auto", choices=("auto", "same", "different"))
     brain_mask_model: str | None = option("--brain-mask-model", "brain extraction model file (default: the bundled one)", metavar="FILE")
 
 

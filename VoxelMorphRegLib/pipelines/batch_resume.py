@@ -19,7 +19,7 @@ def settings_of(options: RegisterOptions, model) -> dict:
     """What a pair's metrics.json must say for its set to count as this batch's result."""
     return {"model": model.description, "affine": bool(options.affine), "refine_iterations": model.refinement["iterations"],
             "refine_smoothness": model.refinement["smoothness"], "refine_learning_rate": model.refinement["learning_rate"],
-            "integration_steps": model.integration_steps, "brain_mask_mode": options.brain_mask}
+            "integration_steps": model.integration_steps, "brain_mask_mode": options.brain_mask, "contrast_mode": options.contrast}
 
 
 def expected_files(options: RegisterOptions, pair: BatchPair) -> set:

@@ -31,6 +31,7 @@ from ..model_resolution import bundled_model_path, model_search_path  # noqa: F4
 from ..tensor.jacobian import folding_statistics, physical_jacobian_determinant
 from ..tensor.refinement import refine_velocity, zero_velocity
 from .brain_focus import BrainFocus, apply_taper, brain_region, brains, deformable_region, focus_pair, velocity_taper
+from .contrast_check import contrast_decision, optimisation_refinement
 from .label_metrics import dice_per_label
 from .memory_guard import check_memory
 from .loaded_model import DEFAULT_NONE_REFINEMENT, DEFAULT_NONE_SMOOTHNESS, LoadedModel, load_model, refinement_settings  # noqa: F401 (re-exported)
@@ -97,11 +98,11 @@ class _Stages:
         return self.seconds
 
 
-def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, log, should_stop, events=no_events, inverse=True, velocity=None, taper=None):
+def _velocity_and_flows(loaded: LoadedModel, moving_t, fixed_t, device, stages, log, should_stop, events=no_events, inverse=True, velocity=None, taper=None, refinement=None):
     """Run the network (unless ``velocity`` is given) and the refinement on ``device``; returns
     (flow, inverse flow or None) as NumPy, voxel units. ``taper``: the brain focus's velocity weight."""
     model = loaded.module().to(device)  # a no-op where it is already there; back from the CPU after a fall-back
-    refinement = loaded.refinement
+    refinement = refinement or loaded.refinement
     moving_t, fixed_t = moving_t.to(device), fixed_t.to(device)
     shape = moving_t.shape[2:]
     if velocity is not None:
@@ -217,17 +218,31 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
     config, memory, affine, grid = prepared.config, prepared.memory, prepared.affine, prepared.grid
     fixed_t, moving_t = prepared.fixed_t, prepared.moving_t
     focus, taper = prepared.focus, prepared.taper
+    contrast = None
+    if model.has_network:
+        contrast = contrast_decision(fixed_t, moving_t, options.contrast)
+        if contrast["different"] and options.refine_iterations == 0:
+            text = "the images look like two different contrasts; --refine 0 asks for the network alone, which learnt pairs of one contrast"
+            log(f"warning: {text}")
+            events(Message(text, "warning"))
+        elif contrast["different"]:  # the network learnt one contrast: the optimisation alone, from zero
+            refinement = optimisation_refinement(options)
+            velocity = zero_velocity(model.module(), fixed_t.shape[2:], torch.device("cpu"))
+            text = ("the images look like two different contrasts" + (f" (signed local NCC {contrast['signed_local_ncc']:.2f})" if "signed_local_ncc" in contrast else "")
+                    + f"; registering them by optimisation alone ({refinement['iterations']} iterations, no network)")
+            log(text)
+            events(Message(text, "info"))
 
     used_device, fallback = device, None
     try:
-        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, device, stages, log, should_stop, events, options.inverse, velocity, taper)
+        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, device, stages, log, should_stop, events, options.inverse, velocity, taper, refinement)
     except torch.cuda.OutOfMemoryError:
         fallback = "CUDA ran out of memory; fell back to the CPU"
         log(f"warning: {fallback}")
         events(Message(fallback, "warning"))
         torch.cuda.empty_cache()
         used_device = torch.device("cpu")
-        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, used_device, stages, log, should_stop, events, options.inverse, velocity, taper)
+        flow, inverse_flow, steps = _velocity_and_flows(model, moving_t, fixed_t, used_device, stages, log, should_stop, events, options.inverse, velocity, taper, refinement)
     if should_stop():
         raise CancelledError("registration cancelled")
 
@@ -271,7 +286,10 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, options: RegisterOpti
         **folding_statistics(determinant, _brain_voxels(focus)),
         "folding_region": "fixed brain mask" if focus is not None and focus.used else "whole fixed grid",
         "brain_mask_mode": options.brain_mask,
+        "contrast_mode": options.contrast,
     }
+    if contrast is not None:
+        metrics["contrast"] = contrast
     if focus is not None and (focus.fixed is not None or focus.fallback):
         metrics["brain_mask"] = focus.describe()
     if fallback:

@@ -121,3 +121,17 @@ class LabelDice(torch.nn.Module):
     def forward(self, warped_one_hot: torch.Tensor, fixed_one_hot: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=warped_one_hot.device.type, enabled=False):
             return self.dice(warped_one_hot.float(), fixed_one_hot.float())
+
+
+def mean_signed_local_ncc(pred: torch.Tensor, target: torch.Tensor, window: int, where: torch.Tensor | None = None, eps: float = 1e-5) -> float:
+    """Mean over ``where`` (or every voxel) of the local normalised cross-correlation with its sign:
+    near 1 where the two images' local intensities rise together, near -1 where one is the other's
+    negative (CSF dark in T1, bright in T2)."""
+    sums = box_sums(torch.cat([target, pred, target * target, pred * pred, target * pred], dim=1).float(), window)
+    t_sum, p_sum, t2_sum, p2_sum, tp_sum = torch.split(sums, 1, dim=1)
+    volume = float(window**3)
+    cross = tp_sum - p_sum * (t_sum / volume)
+    t_var = torch.clamp_min(t2_sum - t_sum * (t_sum / volume), eps)
+    p_var = torch.clamp_min(p2_sum - p_sum * (p_sum / volume), eps)
+    correlation = cross / torch.sqrt(t_var * p_var)
+    return float(correlation.mean() if where is None else correlation[where].mean())
