@@ -28,7 +28,7 @@ def test_register_options_round_trip_through_the_real_parser():
 
 def test_unset_register_options_stay_unset():
     argv = command_line(RegisterJob("f", "m", "o"))
-    assert argv == ["register", "f", "m", "--out", "o", "--model", "bundled", "--device", "auto", "--brain-mask", "auto"]
+    assert argv == ["register", "f", "m", "--out", "o", "--model", "bundled", "--device", "auto", "--brain-mask", "auto", "--contrast", "auto"]
     parsed = options_from_args(RegisterOptions, build_parser().parse_args(argv))
     assert parsed == RegisterOptions()
     assert (parsed.refine_iterations, parsed.refine_smoothness, parsed.refine_learning_rate, parsed.integration_steps) == (None, None, None, None)
