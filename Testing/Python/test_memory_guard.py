@@ -42,10 +42,15 @@ def test_a_run_above_the_available_memory_is_refused(tmp_path, capsys, monkeypat
 
 def test_the_estimate_grows_with_each_grid():
     base = memory_guard.estimate_peak_bytes((100, 100, 100), (100, 100, 100), (64, 64, 64))
-    assert memory_guard.estimate_peak_bytes((200, 100, 100), (100, 100, 100), (64, 64, 64)) - base == 160 * 10**6
+    assert memory_guard.estimate_peak_bytes((200, 100, 100), (100, 100, 100), (64, 64, 64)) - base == 60 * 10**6
     assert memory_guard.estimate_peak_bytes((100, 100, 100), (200, 100, 100), (64, 64, 64)) - base == 40 * 10**6
-    # the benchmark pair (160x192x224 at 1 mm, model grid 80x96x112): measured 2.31 GB peak with the default refinement
-    assert 2.0e9 < memory_guard.estimate_peak_bytes((160, 192, 224), (160, 192, 224), (80, 96, 112)) < 3.0e9
+    # peaks measured with /usr/bin/time -v (bench/whole_head_speed.py, bench/results/whole-head-speed-2026-12-08):
+    # the estimate must stay within 25 % of each
+    measured = [((160, 192, 224), (160, 192, 224), (80, 96, 112), 1.41e9),  # the aseg pair, default settings
+                ((256, 256, 256), (256, 256, 256), (128, 128, 128), 2.58e9),  # 256^3 whole heads, --brain-mask auto
+                ((256, 256, 256), (256, 256, 256), (128, 128, 128), 2.67e9)]  # the same, --brain-mask off
+    for fixed, moving, grid, peak in measured:
+        assert abs(memory_guard.estimate_peak_bytes(fixed, moving, grid) - peak) < 0.25 * peak
     available = memory_guard.available_bytes()
     assert available is None or available > 0
 

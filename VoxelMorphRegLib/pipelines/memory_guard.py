@@ -2,13 +2,17 @@
 
 Peak resident memory of a ``register`` run grows with three grids: the fixed image's (the
 displacement field, its inverse on the way, the Jacobian, the warped image, the field's
-composition with the affine, all in float64 vectors), the moving image's, and the model grid
-(network or refinement with autograd). Measured peak RSS on a 2-core CPU (``/usr/bin/time``, 8
-runs from 64^3 to 256x256x200 voxels, ``--model none --refine 2`` and the bundled model with
-``--refine 0``) fit ``0.53 GB + 160 B x fixed voxels + 40 B x moving voxels + 218 B x model-grid
-voxels`` within 0.11 GB; the default refinement with the bundled model adds about 250 B per
-model-grid voxel (2.31 GB on the 160x192x224 benchmark pair), so the estimate counts 480 B.
-
+composition with the affine, in float64 vectors), the moving image's, and the model grid (network
+or refinement with autograd). Fitted on 2026-12-08 to peaks measured with ``/usr/bin/time -v``,
+default settings, 2-core CPU (``python bench/whole_head_speed.py``,
+bench/results/whole-head-speed-2026-12-08): the aseg pair (160x192x224, 1.41 GB), a stripped and
+cropped brain pair (147x221x184, 1.29 GB), and a 256^3 whole-head pair with ``--brain-mask auto``
+(2.58 GB) and ``off`` (2.67 GB); the estimate ``0.55 GB + 60 B x fixed voxels + 40 B x moving
+voxels + 200 B x model-grid voxels`` is within 3 % of each (the model grid counted over the whole
+field of view: the brain focus makes it smaller). The model-grid term cannot be told apart from
+the others on these pairs (their grids scale with their images); 200 B keeps a coarse fixed image
+with a large refinement grid on the safe side. The brain-mask network adds little (the ``auto``
+run peaked lower than ``off``).
 ITK and PyTorch allocation failures that still happen (a header whose spacing makes the model
 grid enormous, another process taking the memory) become one-line errors through
 :func:`allocation_failure`.
@@ -27,9 +31,9 @@ from ..errors import VoxelMorphRegError
 from ..image.model_grid import direction_from_orientation, physical_corners
 
 BASE_BYTES = 0.55e9  # Python, PyTorch, SimpleITK and the model loaded
-FIXED_BYTES_PER_VOXEL = 160
+FIXED_BYTES_PER_VOXEL = 60
 MOVING_BYTES_PER_VOXEL = 40
-MODEL_GRID_BYTES_PER_VOXEL = 480
+MODEL_GRID_BYTES_PER_VOXEL = 200
 ADVICE = ("crop the images to the head, resample the fixed image to a coarser grid (every output is written on "
           "its grid), or run on a machine with more memory")
 DISABLE = "VOXELMORPHREG_NO_MEMORY_CHECK"  # set to 1 to skip the check (e.g. with plenty of swap)
