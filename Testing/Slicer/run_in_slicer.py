@@ -122,11 +122,18 @@ def check_result(runner, fixed, moving):
     check("the warped volume matches the fixed one better than the moving one did", after > before and after > 0.9, f"correlation {before:.3f} -> {after:.3f}")
     # MRHead is a whole head: with the Brain mask check box on (the default) the fixed brain mask comes back
     mask = getattr(result, "brain_mask", None)
-    voxels = int((slicer.util.arrayFromSegmentBinaryLabelmap(mask, mask.GetSegmentation().GetNthSegmentID(0), fixed) > 0).sum()) if mask is not None else 0
-    spacing = fixed.GetSpacing()
-    volume_ml = voxels * spacing[0] * spacing[1] * spacing[2] / 1000.0
-    check("the fixed brain mask is an outlined segmentation of a brain-sized volume", mask is not None and 800 < volume_ml < 2200
+    volume_ml, voxels = 0.0, 0
+    if mask is not None and mask.GetSegmentation().GetNumberOfSegments():
+        from vtk.util import numpy_support
+
+        labelmap = mask.GetSegmentation().GetNthSegment(0).GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+        if labelmap is not None and labelmap.GetPointData().GetScalars() is not None:
+            voxels = int((numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()) > 0).sum())
+            spacing = labelmap.GetSpacing()
+            volume_ml = voxels * spacing[0] * spacing[1] * spacing[2] / 1000.0
+    check("the fixed brain mask comes back as an outlined segmentation", mask is not None and voxels > 0
           and mask.GetDisplayNode().GetVisibility2DOutline() and not mask.GetDisplayNode().GetVisibility2DFill(), f"{volume_ml:.0f} mL")
+    check("the fixed brain mask has a brain's volume (800 to 2200 mL)", 800 < volume_ml < 2200, f"{volume_ml:.0f} mL")
     return result
 
 
