@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import read_weights_only
 from .errors import VoxelMorphRegError
 from .image.io import write_bytes
 from .tensor.brain_mask_network import BRAIN_MASK_FEATURES, BrainMaskUNet
@@ -60,14 +61,7 @@ def save_brain_mask_model(path, network: BrainMaskUNet, config: BrainMaskConfig,
 
 def load_brain_mask_model(path, device="cpu") -> tuple[BrainMaskUNet, BrainMaskConfig, dict]:
     """``(network in eval mode, config, payload)``; one-line errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise VoxelMorphRegError(f"{path}: brain mask model file not found")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise VoxelMorphRegError(f"{path}: not a readable brain mask model ({reason})") from None
+    payload = read_weights_only(Path(path), "brain mask model", "brain mask model", device)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise VoxelMorphRegError(f"{path}: not a VoxelMorphReg brain mask model (no '{FORMAT_NAME}' header)")
     version = payload.get("format_version")

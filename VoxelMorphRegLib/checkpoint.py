@@ -66,16 +66,22 @@ def save_checkpoint(path, model: torch.nn.Module, config: ModelConfig, extra: di
     return write_bytes(buffer.getvalue(), path)  # atomic; a full disk is a one-line error and keeps the earlier file
 
 
+def read_weights_only(path: Path, kind: str, readable_as: str, device="cpu"):
+    """``torch.load(path, weights_only=True)`` (tensors and plain containers only, never code); a
+    missing file is "<path>: <kind> file not found", an unreadable one "<path>: not a readable <readable_as>"."""
+    if not path.is_file():
+        raise VoxelMorphRegError(f"{path}: {kind} file not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, pickled code...
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise VoxelMorphRegError(f"{path}: not a readable {readable_as} ({reason})") from None
+
+
 def load_checkpoint(path, device="cpu") -> tuple[RegistrationNetwork, ModelConfig, dict]:
     """Return ``(network in eval mode, config, whole payload)``; one-line errors name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise VoxelMorphRegError(f"{path}: model file not found")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # truncated zip, not a torch file, pickled code...
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise VoxelMorphRegError(f"{path}: not a readable VoxelMorphReg model ({reason})") from None
+    payload = read_weights_only(path, "model", "VoxelMorphReg model", device)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise VoxelMorphRegError(f"{path}: not a VoxelMorphReg model file (no '{FORMAT_NAME}' header)")
     version = payload.get("format_version", 0)

@@ -126,10 +126,7 @@ def _stripped_cropped(image: sitk.Image, labels: sitk.Image, margin: int = 8):
 def _register(fixed, moving, fixed_labels, moving_labels, model, mode: str, scored=BRAIN_LABELS) -> dict:
     from VoxelMorphRegLib.pipelines.register import register_images
 
-    options = RegisterOptions(qc=False)
-    options.brain_mask = mode
-    if model:
-        options.brain_mask_model = model
+    options = RegisterOptions(qc=False, brain_mask=mode, brain_mask_model=model)
     result = register_images(fixed, moving, options, moving_labels, fixed_labels, log=lambda *_: None)
     metrics = result.metrics
     shared = sorted(set(scored) & set(np.unique(sitk.GetArrayViewFromImage(fixed_labels)).tolist()) & set(np.unique(sitk.GetArrayViewFromImage(moving_labels)).tolist()))
@@ -197,9 +194,7 @@ def part_contrast(model, out: dict):
     for contrast in ("t1", "t2", "flair", "pd"):
         moving = render(labels, contrast, 4001)
         for refine in (0, None):
-            options = RegisterOptions(qc=False, inverse=False, refine_iterations=refine)
-            if model:
-                options.brain_mask_model = model
+            options = RegisterOptions(qc=False, inverse=False, refine_iterations=refine, brain_mask_model=model)
             result = register_images(fixed, moving, options, log=lambda *_: None)
             field = sitk.GetArrayViewFromImage(result.displacement)
             magnitude = np.linalg.norm(field[brain], axis=-1)

@@ -195,7 +195,7 @@ def test_brain_mask_command_errors_are_one_line(tmp_path, capsys, args, message)
 @pytest.mark.skipif(not (SHARED_DATA / "clinical").is_dir(), reason="shared clinical scans not found (development machines only)")
 def test_bundled_model_masks_a_real_whole_head_t1():
     try:
-        bm.bundled_brain_mask_model()
+        bm.bundled_brain_mask_model_path()
     except VoxelMorphRegError as exc:
         pytest.skip(str(exc))
     image = sitk.ReadImage(str(SHARED_DATA / "clinical" / "brainchop_t1.nii.gz"), sitk.sitkFloat32)

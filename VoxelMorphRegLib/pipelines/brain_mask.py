@@ -39,16 +39,12 @@ class BrainMask:
         return {"source": self.source, "volume_ml": round(self.volume_ml, 1), "seconds": round(self.seconds, 3)}
 
 
-def bundled_brain_mask_model() -> Path:
-    return bundled_brain_mask_model_path()
-
-
 _LOADED: dict = {}
 
 
 def load_mask_network(path=None):
     """``(network, config)`` of a brain mask model file (the bundled one by default), loaded once per process."""
-    path = Path(path) if path else bundled_brain_mask_model()
+    path = Path(path) if path else bundled_brain_mask_model_path()
     key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0)
     if key not in _LOADED:
         network, config, _ = load_brain_mask_model(path)
@@ -190,6 +186,6 @@ def stripped_image(image: sitk.Image, mask: sitk.Image) -> sitk.Image:
     """``image`` with every voxel outside ``mask`` set to the image's minimum (its pixel type kept)."""
     array = sitk.GetArrayFromImage(image)
     low = array.min()
-    out = sitk.GetImageFromArray(np.where(sitk.GetArrayViewFromImage(mask) > 0, array, min(low, 0) if np.issubdtype(array.dtype, np.number) else low).astype(array.dtype))
+    out = sitk.GetImageFromArray(np.where(sitk.GetArrayViewFromImage(mask) > 0, array, min(low, 0)).astype(array.dtype))
     out.CopyInformation(image)
     return out

@@ -8,6 +8,7 @@ label below 100 (the brain structures and the CSF inside the skull) is brain; sk
 and neck (the maps' labels 100 and above) and air are not. ``RUN`` receives ``last.pt`` (with the
 optimiser, every few minutes and at the end; SIGTERM writes it too), ``best.pt`` (the highest
 validation Dice) and ``log.csv``; running the same command again resumes from ``last.pt``.
+``--init FILE`` starts a new schedule from a model file's weights (the bundled one, to train further).
 """
 
 from __future__ import annotations
@@ -148,9 +149,12 @@ def train(args) -> int:
         "command": " ".join(sys.argv), "steps": args.steps, "batch": args.batch, "learning_rate": args.learning_rate,
     })
     network = config.build()
-    optimiser = torch.optim.AdamW(network.parameters(), lr=args.learning_rate, weight_decay=1e-4)
     step, best, seconds = 0, -1.0, 0.0
     last = out / "last.pt"
+    if args.init and not last.exists():  # a new schedule from trained weights (e.g. the bundled model)
+        network, _, _ = load_brain_mask_model(args.init)
+        print(f"starting from the weights of {args.init}", flush=True)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=args.learning_rate, weight_decay=1e-4)
     if last.exists():
         network, _, payload = load_brain_mask_model(last)
         network.train()
@@ -224,6 +228,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default=None, help="start from these weights (a brain mask model file) when --out holds no last.pt")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering heads beside the training step")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast for the network (measured 2x faster on an AVX-512 bf16 CPU)")
     parser.add_argument("--cache", default=None, help="folder for the maps' signed distances (computed once)")
